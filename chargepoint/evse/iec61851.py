@@ -1,0 +1,288 @@
+"""IEC 61851-1 control-pilot logic as pure functions: decide first, then act.
+
+Nothing here reads a clock or touches hardware. `decide()` maps the facts of one
+instant to the outputs the connector should have; `step()` adds the two rules
+that need time (rate-limited raises of the offered current, and a short grace
+before opening the contactor under load), with time passed in as `now_s`.
+The connector controller (chargepoint.evse.controller) reads the HAL, calls
+`step()`, and applies the result.
+
+Sources: IEC 61851-1 Annex A (pilot states, duty cycle <-> current), IEC 61851-1
+Annex B / IEC 62196 (proximity resistor coding), field-notes section 4.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hal.interfaces import CpState, Fault
+
+# IEC 61851-1 Annex A: the lowest current a PWM can offer is 6 A (10 % duty);
+# below that the EVSE pauses with a steady +12 V / +9 V (100 % duty, no PWM).
+MIN_CURRENT_A = 6.0
+# 96 % duty = 80 A is the top of the mapping; anything above is clamped.
+MAX_PWM_CURRENT_A = 80.0
+NO_PWM_DUTY_PERCENT = 100.0
+_LOW_RANGE_TOP_A = 51.0   # 85 % duty: end of the "A / 0.6" range
+_LOW_RANGE_TOP_DUTY = 85.0
+_MAX_DUTY = 96.0
+
+PLUGGED_STATES = frozenset({CpState.B, CpState.C, CpState.D})
+# States in which the EV asks for energy (S2 closed). D = with ventilation.
+ENERGY_REQUEST_STATES = frozenset({CpState.C, CpState.D})
+
+
+# --------------------------------------------------------------------------- duty cycle
+
+
+def duty_percent_for_current(current_a: float) -> float:
+    """PWM duty cycle for an offered current (IEC 61851-1 Annex A, table A.8).
+
+    Below 6 A (and for 0 = pause) there is no PWM: 100 %. A duty below 10 % is
+    never produced (it means "digital communication" or "no charging" to the EV).
+    6..51 A: A / 0.6 (10..85 %); 51..80 A: A / 2.5 + 64 (84.4..96 %); above 80 A
+    clamps to 80 A (96 %).
+    """
+    if not current_a >= MIN_CURRENT_A:   # also catches NaN
+        return NO_PWM_DUTY_PERCENT
+    current_a = min(current_a, MAX_PWM_CURRENT_A)
+    if current_a <= _LOW_RANGE_TOP_A:
+        return current_a / 0.6
+    # For 51 < A < 52.5 this formula gives 84.4..85 %, which an EV decodes with
+    # the low-range rule as 50.6..51 A: slightly less than offered, never more.
+    return current_a / 2.5 + 64.0
+
+
+def current_for_duty_percent(duty_percent: float) -> float:
+    """The current an EV reads from a duty cycle (IEC 61851-1 Annex A, table A.7).
+
+    10..85 %: duty x 0.6; 85..96 %: (duty - 64) x 2.5; 8..10 % reads as 6 A and
+    96..97 % as 80 A (tolerance bands); anything else (no PWM, < 8 %, > 97 %)
+    offers no current: 0.0.
+    """
+    if 8.0 <= duty_percent < 10.0:
+        return MIN_CURRENT_A
+    if 10.0 <= duty_percent <= _LOW_RANGE_TOP_DUTY:
+        return duty_percent * 0.6
+    if _LOW_RANGE_TOP_DUTY < duty_percent <= _MAX_DUTY:
+        return (duty_percent - 64.0) * 2.5
+    if _MAX_DUTY < duty_percent <= 97.0:
+        return MAX_PWM_CURRENT_A
+    return 0.0
+
+
+# --------------------------------------------------------------------------- proximity pilot
+
+
+@dataclass(frozen=True)
+class PpBand:
+    min_ohm: float      # inclusive
+    max_ohm: float      # exclusive
+    rating_a: float
+
+
+# IEC 61851-1 Annex B / IEC 62196-2 resistor coding: 1.5 kohm 13 A, 680 ohm 20 A,
+# 220 ohm 32 A, 100 ohm 63 A. Band edges sit between the nominal values on a
+# log scale (geometric means), far outside the resistors' +-3 % tolerance plus
+# ADC error. Below 60 ohm is a short, above 2.7 kohm an open PP: no valid cable.
+PP_BANDS: tuple[PpBand, ...] = (
+    PpBand(60.0, 150.0, 63.0),     # 100 ohm
+    PpBand(150.0, 390.0, 32.0),    # 220 ohm
+    PpBand(390.0, 1000.0, 20.0),   # 680 ohm
+    PpBand(1000.0, 2700.0, 13.0),  # 1500 ohm
+)
+
+
+def cable_rating_a_for_resistance_ohm(resistance_ohm: float) -> float:
+    """Cable current rating coded by the PP resistor; 0.0 when no band matches.
+
+    0.0 (short, open or out-of-band PP) means "no valid cable": the offer becomes
+    0 A, so a damaged or missing cable never gets the station's full current.
+    A tethered cable has no PP resistor at all; its HAL reports None instead.
+    """
+    for band in PP_BANDS:
+        if band.min_ohm <= resistance_ohm < band.max_ohm:
+            return band.rating_a
+    return 0.0
+
+
+def offered_current_a(connector_max_a: float, cable_rating_a: float | None = None,
+                      limit_a: float | None = None, station_limit_a: float | None = None) -> float:
+    """The current to offer: min of the limits present (field-notes 4); < 6 A -> 0 (pause)."""
+    current_a = min(x for x in (connector_max_a, cable_rating_a, limit_a, station_limit_a) if x is not None)
+    if not current_a >= MIN_CURRENT_A:   # also catches NaN
+        return 0.0
+    return min(current_a, MAX_PWM_CURRENT_A)
+
+
+# --------------------------------------------------------------------------- faults
+
+
+@dataclass(frozen=True)
+class FaultPolicy:
+    stops_energy: bool   # open the contactor, withdraw the PWM
+    signal_f: bool       # drive the pilot to -12 V (state F: EVSE not available)
+
+
+# Every board fault stops energy at once. PILOT_FAULT (state E, diode check) does
+# not drive F: the pilot must stay readable so that the EV's recovery is seen.
+FAULT_POLICY: dict[Fault, FaultPolicy] = {
+    Fault.GROUND_FAULT: FaultPolicy(stops_energy=True, signal_f=True),
+    Fault.OVERCURRENT: FaultPolicy(stops_energy=True, signal_f=True),
+    Fault.RELAY_WELD: FaultPolicy(stops_energy=True, signal_f=True),
+    # No meter, no billable energy: the platform bills from the register.
+    Fault.METER_LOST: FaultPolicy(stops_energy=True, signal_f=True),
+    # A socket outlet must be locked while energised (IEC 61851-1 6.3.1.4 / 8.4).
+    Fault.LOCK_FAILURE: FaultPolicy(stops_energy=True, signal_f=True),
+    Fault.OVER_TEMPERATURE: FaultPolicy(stops_energy=True, signal_f=True),
+    Fault.PILOT_FAULT: FaultPolicy(stops_energy=True, signal_f=False),
+}
+_UNKNOWN_FAULT = FaultPolicy(stops_energy=True, signal_f=True)
+
+
+def stopping_faults(faults: frozenset[Fault]) -> frozenset[Fault]:
+    return frozenset(f for f in faults if FAULT_POLICY.get(f, _UNKNOWN_FAULT).stops_energy)
+
+
+# --------------------------------------------------------------------------- decide
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The facts of one instant."""
+
+    cp_state: CpState
+    faults: frozenset[Fault] = frozenset()
+    energy_allowed: bool = False          # a transaction is authorized and running, or free vend
+    available: bool = True                # ChangeAvailability (Operative)
+    limit_a: float | None = None          # smart charging (composite schedule) limit
+    connector_max_a: float = 32.0
+    cable_rating_a: float | None = None   # from the proximity pilot; None: tethered / not fitted
+    station_limit_a: float | None = None  # ChargePointMaxProfile share, site limit
+    ventilation_available: bool = True    # False: state D (ventilation required) is not served
+
+
+@dataclass(frozen=True)
+class Outputs:
+    offer_current_a: float   # 0 = no PWM (100 % duty)
+    relay_closed: bool
+    fault_signal: bool       # drive -12 V (state F)
+    lock: bool
+
+    @property
+    def duty_percent(self) -> float:
+        return duty_percent_for_current(self.offer_current_a)
+
+
+def decide(inputs: Inputs) -> Outputs:
+    """The outputs for these facts, ignoring time (see `step` for the timed rules).
+
+    - PWM: offered only when an EV is plugged (B/C/D), energy is allowed, the
+      connector is available, no fault stops energy and the min of all limits is
+      at least 6 A (IEC 61851-1 Annex A: below 6 A pause, never < 10 % duty).
+    - Contactor: closed only in C (or D with ventilation) while the PWM is on.
+      Open in A (no EV), B (IEC 61851-1 A.3: the EVSE opens the contactor when
+      the EV returns to B, e.g. a pause or a full battery), E, F and on any
+      stopping fault.
+    - F (-12 V): while a board fault says so, or while Unavailable
+      (hal.interfaces.ControlPilot.set_fault_signal).
+    - Lock: while an EV is connected (any state but A) and energy is allowed
+      (the session owns the cable), and always while a welded contactor may
+      keep the socket live. Unlocked when no session holds it, so the driver
+      can take the cable after StopTransaction or a fault.
+    """
+    stopping = stopping_faults(inputs.faults)
+    signal_f = any(FAULT_POLICY.get(f, _UNKNOWN_FAULT).signal_f for f in stopping) or not inputs.available
+    plugged = inputs.cp_state in PLUGGED_STATES
+
+    offer_a = 0.0
+    if plugged and inputs.energy_allowed and inputs.available and not stopping:
+        offer_a = offered_current_a(inputs.connector_max_a, inputs.cable_rating_a,
+                                    inputs.limit_a, inputs.station_limit_a)
+    wants_energy = inputs.cp_state == CpState.C or (
+        inputs.cp_state == CpState.D and inputs.ventilation_available)
+    relay_closed = wants_energy and offer_a >= MIN_CURRENT_A and inputs.energy_allowed and not stopping
+
+    connected = inputs.cp_state != CpState.A
+    lock = connected and (inputs.energy_allowed or Fault.RELAY_WELD in inputs.faults)
+    return Outputs(offer_current_a=offer_a, relay_closed=relay_closed, fault_signal=signal_f, lock=lock)
+
+
+# --------------------------------------------------------------------------- step (timed rules)
+
+
+@dataclass(frozen=True)
+class Timing:
+    # Raises of the offered current are rate-limited (protects the car and the
+    # grid from flapping limits; field-notes 4: "at most every 5 s"); lowering is
+    # never delayed.
+    raise_min_interval_s: float = 5.0
+    # IEC 61851-1 Annex A (sequence C2 -> C1/B): after the PWM is withdrawn the
+    # EV must stop drawing and return to B; the EVSE opens the contactor when it
+    # does, or after this grace at the latest (to avoid breaking under load).
+    relay_open_grace_s: float = 3.0
+
+
+@dataclass(frozen=True)
+class Memory:
+    """What `step` remembers between calls: the outputs now applied and when."""
+
+    offer_current_a: float = 0.0
+    relay_closed: bool = False
+    last_raise_s: float | None = None
+    offer_withdrawn_s: float | None = None   # PWM withdrawn while the contactor stayed closed
+
+
+def step(inputs: Inputs, memory: Memory, now_s: float, timing: Timing | None = None) -> tuple[Outputs, Memory]:
+    """`decide`, then the timed rules. Returns the outputs to apply and the new memory.
+
+    - A raise of the offered current (including resuming from a pause) is applied
+      only if the last raise was at least `raise_min_interval_s` ago; until then
+      the previous offer stays (and a contactor that needs the new PWM stays open).
+      A lowering is applied at once.
+    - When the PWM is withdrawn while the EV is still in C/D and no fault stops
+      energy, the contactor stays closed until the EV leaves C/D or for
+      `relay_open_grace_s` at most. Faults, unplugging and B open it at once.
+    """
+    timing = timing or Timing()
+    target = decide(inputs)
+    offer_a = target.offer_current_a
+    last_raise_s = memory.last_raise_s
+    if offer_a > memory.offer_current_a:
+        if last_raise_s is not None and now_s - last_raise_s < timing.raise_min_interval_s:
+            offer_a = memory.offer_current_a   # raise deferred
+        else:
+            last_raise_s = now_s
+
+    relay_closed = target.relay_closed and offer_a >= MIN_CURRENT_A
+    withdrawn_s: float | None = None
+    if memory.relay_closed and not relay_closed and offer_a < MIN_CURRENT_A:
+        # PWM just went (or already is) off under a closed contactor.
+        withdrawn_s = memory.offer_withdrawn_s if memory.offer_withdrawn_s is not None else now_s
+        graceful = (inputs.cp_state in ENERGY_REQUEST_STATES
+                    and not stopping_faults(inputs.faults)
+                    and now_s - withdrawn_s < timing.relay_open_grace_s)
+        if graceful:
+            relay_closed = True
+        else:
+            withdrawn_s = None
+
+    outputs = Outputs(offer_current_a=offer_a, relay_closed=relay_closed,
+                      fault_signal=target.fault_signal, lock=target.lock or relay_closed)
+    new_memory = Memory(offer_current_a=offer_a, relay_closed=relay_closed, last_raise_s=last_raise_s,
+                        offer_withdrawn_s=withdrawn_s if relay_closed else None)
+    return outputs, new_memory
+
+
+def pending_raise(inputs: Inputs, memory: Memory) -> float | None:
+    """The offer a deferred raise is waiting to apply, or None when nothing waits."""
+    target = decide(inputs).offer_current_a
+    return target if target > memory.offer_current_a else None
+
+
+__all__ = [
+    "ENERGY_REQUEST_STATES", "FAULT_POLICY", "MAX_PWM_CURRENT_A", "MIN_CURRENT_A", "NO_PWM_DUTY_PERCENT",
+    "PLUGGED_STATES", "PP_BANDS", "FaultPolicy", "Inputs", "Memory", "Outputs", "PpBand", "Timing",
+    "cable_rating_a_for_resistance_ohm", "current_for_duty_percent", "decide", "duty_percent_for_current",
+    "offered_current_a", "pending_raise", "step", "stopping_faults",
+]
