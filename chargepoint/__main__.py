@@ -1,0 +1,5 @@
+import sys
+
+from chargepoint.cli import main
+
+sys.exit(main())

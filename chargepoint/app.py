@@ -1,0 +1,365 @@
+"""The composition root: builds every part of the charger and wires them together.
+
+Services follow one convention: `Service(app)` registers its OCPP handlers with
+`app.on(...)` and its status fields with `app.add_status_contributor(...)`; an
+optional `async run()` is started with the daemon and supervised (a crash is
+logged and the service restarted, the charger keeps running).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Protocol
+
+from chargepoint.clock import Clock
+from chargepoint.config import Settings, check_state_dir
+from chargepoint.control import ControlServer
+from chargepoint.evse.controller import ConnectorController, ConnectorEvent
+from chargepoint.ocppj.session import CallErrorReceived, CallTimeout, NotConnected, OcppError, Reply, Session
+from chargepoint.services.configuration import ConfigurationStore, default_key_table
+from chargepoint.services.registration import RegistrationService
+from chargepoint.store.db import Store
+from chargepoint.transport.link import Link
+from hal.interfaces import Board
+
+log = logging.getLogger("chargepoint.app")
+
+Payload = dict[str, Any]
+InboundHandler = Callable[[Payload], Awaitable[Payload | Reply]]
+StatusContributor = Callable[[dict[str, Any]], None]
+ConnectorStatusContributor = Callable[[int, dict[str, Any]], None]
+ControlHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]] | dict[str, Any]]
+
+# Restart after this long when a service's run() crashed (never a busy loop).
+SERVICE_RESTART_DELAY_S = 5.0
+
+
+class Service(Protocol):
+    async def run(self) -> None: ...
+
+
+class ChargePointApp:
+    def __init__(self, settings: Settings, *, board: Board | None = None, clock: Clock | None = None,
+                 validate_outbound: bool = False) -> None:
+        self.settings = settings
+        check_state_dir(settings.storage.state_dir)
+        self.clock = clock or Clock()
+        self.store = Store(settings.storage.state_dir, wall_s=self.clock.wall_s)
+        self.config = ConfigurationStore(
+            self.store, default_key_table(number_of_connectors=len(settings.connectors)),
+            initial=settings.ocpp.initial_config)
+        self._adopt_configured_password()
+        self.session = Session({}, call_timeout_s=settings.ocpp.call_timeout_s,
+                               validate_outbound=validate_outbound)
+        if board is None:
+            from hal.factory import build_board
+
+            board = build_board(settings)
+        self.board = board
+        self._connected = asyncio.Event()
+        self._stop_requested = asyncio.Event()
+        self.exit_code = 0
+        self.restart_requested = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._services: list[object] = []
+        self._status_contributors: list[StatusContributor] = []
+        self._connector_status_contributors: list[ConnectorStatusContributor] = []
+        self._control_handlers: dict[str, ControlHandler] = {}
+        self._connector_listeners: list[Callable[[ConnectorEvent], None]] = []
+        self._link_listeners: list[Callable[[str], None]] = []
+        self._fire_and_forget: set[asyncio.Task[Any]] = set()
+        self._schedule_provider: Callable[[int, int], dict[str, Any] | None] | None = None
+
+        self.controllers: dict[int, ConnectorController] = {}
+        for connector in settings.connectors:
+            hw = board.connector(connector.connector_id)
+            self.controllers[connector.connector_id] = ConnectorController(
+                hw,
+                max_current_a=connector.max_current_a,
+                monotonic=self.clock.monotonic_s,
+                pilot_raise_min_interval_s=settings.smart_charging.pilot_raise_min_interval_s,
+                on_change=self._on_connector_event,
+                min_status_duration_s=lambda: float(self.config.get_int("MinimumStatusDuration")),
+            )
+
+        self.registration = RegistrationService(self)
+        self.link = Link(
+            settings=settings,
+            clock=self.clock,
+            session=self.session,
+            password_provider=self.password,
+            ping_interval_s=lambda: float(self.config.get_int("WebSocketPingInterval")),
+            active_link=board.network.active_link,
+            on_state_change=self._on_link_state,
+            on_security_event=self._on_link_security_event,
+        )
+        self.control = ControlServer(settings.control.socket, self._handle_control)
+        self.add_control_handler("status", self._control_status)
+        sim = board.extra.get("sim")
+        if sim is not None:
+            handle = sim.handle_command  # type: ignore[union-attr]
+            for cmd in ("sim.plug", "sim.unplug", "sim.ev", "sim.swipe", "sim.fault", "sim.clear", "sim.link",
+                        "sim.state"):
+                self.add_control_handler(cmd, handle)
+        self.security_events: Callable[[str, str], None] | None = None
+        self._build_services()
+
+    # ------------------------------------------------------------------ services
+
+    def _build_services(self) -> None:
+        """Instantiate the feature services. Order matters only for who registers first."""
+        from chargepoint.services import build_services
+
+        self._services.extend(build_services(self))
+
+    def service(self, kind: type[Any]) -> Any:
+        for svc in self._services:
+            if isinstance(svc, kind):
+                return svc
+        raise LookupError(kind.__name__)
+
+    # ------------------------------------------------------------------ secrets
+
+    def _adopt_configured_password(self) -> None:
+        """The TOML password seeds AuthorizationKey; a ChangeConfiguration later wins, until an
+        engineer changes the TOML password again (then the file wins: it is the newer intent)."""
+        password = self.settings.ocpp.password
+        if password is None:
+            return
+        digest = hashlib.sha256(password.encode()).hexdigest()
+        if self.store.kv_get("secrets", "configured_password_sha256") != digest:
+            self.config.set_internal("AuthorizationKey", password)
+            self.store.kv_put("secrets", "configured_password_sha256", digest)
+
+    def password(self) -> str | None:
+        value = self.config.raw("AuthorizationKey")
+        return value or None
+
+    # ------------------------------------------------------------------ identity
+
+    def firmware_version(self) -> str:
+        installed = self.store.kv_get("firmware", "installed_version")
+        return str(installed) if installed else self.settings.ocpp.firmware_version
+
+    def meter_type(self) -> str | None:
+        meter = self.settings.connectors[0].meter
+        return meter.driver.upper() if meter is not None else ("SIM" if self.settings.hal.backend == "sim" else None)
+
+    def persist_registration(self) -> None:
+        self.store.kv_put("registration", "ever_accepted", True)
+
+    # ------------------------------------------------------------------ OCPP plumbing
+
+    def on(self, action: str, handler: InboundHandler) -> None:
+        """Register an inbound CALL handler behind the registration gate (OCPP 1.6 §4.2)."""
+
+        async def gated(payload: Payload) -> Payload | Reply:
+            verdict = self.registration.may_answer(action)
+            if verdict is False:
+                # While Rejected the charger SHALL NOT respond (§4.2); the central system's
+                # call times out on its side. We answer nothing, but must not leak the task.
+                raise _Silent()
+            if verdict == "Rejected":
+                return {"status": "Rejected"}
+            return await handler(payload)
+
+        self.session.set_handler(action, gated)
+
+    async def call(self, action: str, payload: Payload, *, allow_unregistered: bool = False) -> Payload:
+        """Send a request now (not queued). Raises NotConnected when offline or not accepted."""
+        if not allow_unregistered and not self.registration.online:
+            raise NotConnected(f"{action}: not registered/connected")
+        response = await self.session.call(action, payload)
+        self.registration.note_outbound()
+        return response
+
+    async def try_call(self, action: str, payload: Payload, **kwargs: Any) -> Payload | None:
+        """call(), with a failure logged and answered None (for best-effort notifications)."""
+        try:
+            return await self.call(action, payload, **kwargs)
+        except (CallErrorReceived, CallTimeout, NotConnected) as exc:
+            log.info("%s not delivered: %s %s", action, type(exc).__name__, getattr(exc, "error_code", ""))
+            return None
+
+    @property
+    def online(self) -> bool:
+        return self.registration.online
+
+    async def wait_connected(self) -> None:
+        await self._connected.wait()
+
+    def _on_link_state(self, state: str) -> None:
+        if state == "connected":
+            self._connected.set()
+        else:
+            self._connected.clear()
+        for callback in list(self._link_listeners):
+            callback(state)
+
+    def add_link_listener(self, callback: Callable[[str], None]) -> None:
+        self._link_listeners.append(callback)
+
+    def _on_link_security_event(self, kind: str, tech_info: str) -> None:
+        if self.security_events is not None:
+            self.security_events(kind, tech_info)
+
+    # ------------------------------------------------------------------ connector events
+
+    def add_connector_listener(self, listener: Callable[[ConnectorEvent], None]) -> None:
+        self._connector_listeners.append(listener)
+
+    def _on_connector_event(self, event: ConnectorEvent) -> None:
+        for listener in list(self._connector_listeners):
+            try:
+                listener(event)
+            except Exception:
+                log.exception("connector listener failed for %s", type(event).__name__)
+
+    # ------------------------------------------------------------------ tasks
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """A fire-and-forget task whose failure is logged, never lost."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._fire_and_forget.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._fire_and_forget.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task %s failed: %r", task.get_name(), task.exception())
+
+    async def _supervise(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
+        while not self._stop_requested.is_set():
+            try:
+                await factory()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s crashed; restarting in %.0f s", name, SERVICE_RESTART_DELAY_S)
+                await asyncio.sleep(SERVICE_RESTART_DELAY_S)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def request_stop(self, *, restart: bool = False, exit_code: int = 0) -> None:
+        self.restart_requested = self.restart_requested or restart
+        self.exit_code = exit_code
+        self._stop_requested.set()
+
+    async def start(self) -> None:
+        """Start everything; returns once running (tests use this, the daemon uses run())."""
+        await self.control.start()
+        starters: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+        for cid, controller in self.controllers.items():
+            starters.append((f"connector-{cid}", controller.run))
+        for svc in self._services:
+            run = getattr(svc, "run", None)
+            if run is not None:
+                starters.append((type(svc).__name__, run))
+        starters.append(("registration", self.registration.run))
+        starters.append(("link", self.link.run))
+        for name, factory in starters:
+            self._tasks.append(asyncio.get_running_loop().create_task(self._supervise(name, factory), name=name))
+
+    async def wait_stopped(self) -> None:
+        await self._stop_requested.wait()
+
+    async def stop(self) -> None:
+        """Stop cleanly: the relay opens, nothing half-written, the socket removed."""
+        for controller in self.controllers.values():
+            with contextlib.suppress(Exception):
+                controller.safe_stop()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.link.stop(), timeout=5.0)
+        for task in self._tasks:
+            task.cancel()
+        for task in list(self._fire_and_forget):
+            task.cancel()
+        await asyncio.gather(*self._tasks, *self._fire_and_forget, return_exceptions=True)
+        self._tasks.clear()
+        await self.control.stop()
+        with contextlib.suppress(Exception):
+            await self.session.aclose()
+        with contextlib.suppress(Exception):
+            await self.board.close()
+        self.store.close()
+
+    # ------------------------------------------------------------------ status & control
+
+    def add_status_contributor(self, contributor: StatusContributor) -> None:
+        self._status_contributors.append(contributor)
+
+    def add_connector_status_contributor(self, contributor: ConnectorStatusContributor) -> None:
+        self._connector_status_contributors.append(contributor)
+
+    def add_control_handler(self, cmd: str, handler: ControlHandler) -> None:
+        self._control_handlers[cmd] = handler
+
+    def status(self) -> dict[str, Any]:
+        """interfaces.md §5 `status` result."""
+        link_stats = self.link.stats() if hasattr(self.link, "stats") else {}
+        result: dict[str, Any] = {
+            "charge_point_id": self.settings.ocpp.charge_point_id,
+            "connection": self.link.state,
+            "registration": self.registration.status,
+            "link": self.board.network.active_link(),
+            "clock": self.clock.to_json(),
+            "queue": {"pending": self.store.queue.pending_count()},
+            "connectors": [],
+            "last_error": link_stats.get("last_error"),
+            "firmware_version": self.firmware_version(),
+            "uptime_s": round(time.monotonic() - _PROCESS_START_S, 1),
+        }
+        for cid, controller in self.controllers.items():
+            entry = controller.snapshot()
+            entry.setdefault("transaction_id", None)
+            entry.setdefault("id_tag", None)
+            entry.setdefault("meter", None)
+            for contributor in self._connector_status_contributors:
+                contributor(cid, entry)
+            result["connectors"].append(entry)
+        for station_contributor in self._status_contributors:
+            station_contributor(result)
+        return result
+
+    async def _control_status(self, request: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True, "result": self.status_with_request(request)}
+
+    def status_with_request(self, request: dict[str, Any]) -> dict[str, Any]:
+        result = self.status()
+        hours = request.get("schedule_hours")
+        if isinstance(hours, (int, float)) and hours > 0 and self._schedule_provider is not None:
+            for entry in result["connectors"]:
+                entry["schedule"] = self._schedule_provider(entry["id"], int(hours * 3600))
+        return result
+
+    def set_schedule_provider(self, provider: Callable[[int, int], dict[str, Any] | None]) -> None:
+        self._schedule_provider = provider
+
+    async def _handle_control(self, request: dict[str, Any]) -> dict[str, Any]:
+        handler = self._control_handlers.get(request["cmd"])
+        if handler is None:
+            if request["cmd"].startswith("sim.") and self.board.extra.get("sim") is None:
+                return {"ok": False, "error": "no simulated hardware: [hal] backend is not \"sim\""}
+            return {"ok": False, "error": f"unknown command {request['cmd']!r}"}
+        result = handler(request)
+        if asyncio.iscoroutine(result):
+            result = await result
+        assert isinstance(result, dict)
+        return result
+
+
+class _Silent(OcppError):
+    """Raised by a gated handler to send nothing at all (registration Rejected)."""
+
+    def __init__(self) -> None:
+        super().__init__("GenericError", "rejected: not answering")
+
+
+_PROCESS_START_S = time.monotonic()
