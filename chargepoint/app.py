@@ -107,6 +107,14 @@ class ChargePointApp:
                         "sim.state"):
                 self.add_control_handler(cmd, handle)
         self.security_events: Callable[[str, str], None] | None = None
+        # Feature services set by chargepoint.services.build_services (typed as Any to keep
+        # the composition root free of import cycles).
+        self.meters: Any = None
+        self.transactions: Any = None
+        self.metering: Any = None
+        self.auth: Any = None
+        self.smart_charging: Any = None
+        self.trigger: Any = None
         self._build_services()
 
     # ------------------------------------------------------------------ services

@@ -10,7 +10,9 @@ if TYPE_CHECKING:
 
 def build_services(app: ChargePointApp) -> list[object]:
     from chargepoint.services.core import ConfigurationService, StatusNotificationService, TriggerMessageService
+    from chargepoint.services.meters import MeterService
 
     status = StatusNotificationService(app)
-    services: list[object] = [ConfigurationService(app), status, TriggerMessageService(app, status)]
+    app.meters = MeterService(app)
+    services: list[object] = [ConfigurationService(app), status, TriggerMessageService(app, status), app.meters]
     return services

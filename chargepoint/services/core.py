@@ -144,7 +144,7 @@ class TriggerMessageService:
             "StatusNotification": self._trigger_status,
         }
         app.on("TriggerMessage", self.on_trigger_message)
-        app.trigger = self  # type: ignore[attr-defined]
+        app.trigger = self
 
     def register(self, message: str, handler: TriggerHandler) -> None:
         self.handlers[message] = handler

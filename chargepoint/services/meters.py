@@ -1,0 +1,99 @@
+"""Polls each connector's energy meter: the one owner of the latest reading.
+
+Every consumer (transactions for meterStart/meterStop, metering for MeterValues,
+the connector controller for Charging vs SuspendedEV, `status`) reads the cached
+reading from here instead of touching the bus. A meter that stops answering is
+reported (PowerMeterFailure via the controller), never crashed on; readings
+resume when it answers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from hal.interfaces import MeterError, MeterReading
+
+if TYPE_CHECKING:
+    from chargepoint.app import ChargePointApp
+
+log = logging.getLogger("chargepoint.meter")
+
+POLL_INTERVAL_S = 1.0
+# A meter that fails this many polls in a row is "lost" (each poll already retried in the driver).
+LOST_AFTER_FAILURES = 3
+
+
+class MeterService:
+    def __init__(self, app: ChargePointApp, *, poll_interval_s: float = POLL_INTERVAL_S) -> None:
+        self.app = app
+        self.poll_interval_s = poll_interval_s
+        self._latest: dict[int, MeterReading] = {}
+        self._read_at_s: dict[int, float] = {}
+        self._failures: dict[int, int] = {}
+        self._errors: dict[int, str | None] = {}
+        self._locks = {cid: asyncio.Lock() for cid in app.controllers}
+        app.add_connector_status_contributor(self._contribute)
+
+    def latest(self, connector_id: int) -> MeterReading | None:
+        return self._latest.get(connector_id)
+
+    def error(self, connector_id: int) -> str | None:
+        return self._errors.get(connector_id)
+
+    async def read_now(self, connector_id: int) -> MeterReading | None:
+        """A fresh reading (for meterStart/meterStop); the cached one if the meter fails."""
+        async with self._locks[connector_id]:
+            meter = self.app.board.connector(connector_id).meter
+            try:
+                reading = await meter.read()
+            except MeterError as exc:
+                self._failed(connector_id, exc)
+                return self._latest.get(connector_id)
+            except Exception as exc:  # a driver bug must not take the charger down
+                log.exception("connector %d: meter driver error", connector_id)
+                self._failed(connector_id, exc)
+                return self._latest.get(connector_id)
+            self._ok(connector_id, reading)
+            return reading
+
+    def _ok(self, connector_id: int, reading: MeterReading) -> None:
+        if self._failures.get(connector_id, 0) >= LOST_AFTER_FAILURES:
+            log.info("connector %d: meter answers again", connector_id)
+        self._failures[connector_id] = 0
+        self._errors[connector_id] = None
+        self._latest[connector_id] = reading
+        self._read_at_s[connector_id] = self.app.clock.monotonic_s()
+        controller = self.app.controllers[connector_id]
+        controller.set_meter_lost(False)
+        controller.set_power_w(reading.power_w)
+
+    def _failed(self, connector_id: int, exc: Exception) -> None:
+        failures = self._failures.get(connector_id, 0) + 1
+        self._failures[connector_id] = failures
+        self._errors[connector_id] = str(exc) or type(exc).__name__
+        if failures == LOST_AFTER_FAILURES:
+            log.error("connector %d: meter lost (%s)", connector_id, self._errors[connector_id])
+            controller = self.app.controllers[connector_id]
+            controller.set_meter_lost(True)
+            controller.set_power_w(None)
+
+    async def run(self) -> None:
+        while True:
+            for connector_id in self.app.controllers:
+                await self.read_now(connector_id)
+            await asyncio.sleep(self.poll_interval_s)
+
+    def _contribute(self, connector_id: int, entry: dict[str, Any]) -> None:
+        reading = self._latest.get(connector_id)
+        if reading is not None:
+            entry["meter"] = {
+                "energy_wh": round(reading.energy_wh, 1),
+                "power_w": round(reading.power_w, 1),
+                "current_a": [round(x, 2) for x in reading.current_a],
+                "voltage_v": [round(x, 1) for x in reading.voltage_v],
+            }
+        error = self._errors.get(connector_id)
+        if error and self._failures.get(connector_id, 0) >= LOST_AFTER_FAILURES:
+            entry["meter_error"] = error
