@@ -35,6 +35,8 @@ log = logging.getLogger("chargepoint.evse")
 
 # A lock that failed is retried this often (not at loop rate: it is a motor).
 LOCK_RETRY_INTERVAL_S = 5.0
+# After releasing the -12 V fault signal, a pilot still reading F this long is not a fault.
+F_SETTLE_S = 0.5
 
 
 # --------------------------------------------------------------------------- events
@@ -112,6 +114,7 @@ class ConnectorController:
                  on_change: EventListener | None = None,
                  min_status_duration_s: Callable[[], float] | None = None,
                  step_interval_s: float = 0.2,
+                 settle_s: float = 0.05,
                  drawing_threshold_w: float = 100.0,
                  ventilation_available: bool = False) -> None:
         self._hw = hw
@@ -123,6 +126,7 @@ class ConnectorController:
                               relay_open_grace_s=relay_open_grace_s)
         self._listeners: list[EventListener] = [on_change] if on_change is not None else []
         self._step_interval_s = step_interval_s
+        self._settle_s = settle_s
         self._drawing_threshold_w = drawing_threshold_w
         # IEC 61851-1: state D asks for ventilation; a charger without it must not
         # energise in D. Home wallboxes have none.
@@ -142,6 +146,7 @@ class ConnectorController:
         self._info: str | None = None
         self._power_w: float | None = None
         self._power_at_s: float | None = None
+        self._meter_lost = False
 
         # What was read, decided and applied.
         self._memory = Memory()
@@ -150,6 +155,7 @@ class ConnectorController:
         self._lock_failed = False
         self._lock_retry_at_s = 0.0
         self._relay_closed_at_s: float | None = None
+        self._f_released_at_s: float | None = None
         self._cp_state: CpState | None = None
         self._cable_rating_a: float | None = None
         self._plugged = False
@@ -206,6 +212,10 @@ class ConnectorController:
         self._power_w = power_w
         self._power_at_s = self._monotonic() if power_w is not None else None
         self.poke()
+
+    def set_meter_lost(self, lost: bool) -> None:
+        """The metering service's view: the meter stopped answering (MeterError). See hal.faults."""
+        self._set("_meter_lost", lost)
 
     def poke(self) -> None:
         """Run a step now (a plug event, a new limit)."""
@@ -267,8 +277,12 @@ class ConnectorController:
 
     # ----------------------------------------------------------------- the step
 
-    def step(self) -> None:
-        """Read, decide, act, derive. Synchronous: the HAL calls are."""
+    def step(self) -> bool:
+        """Read, decide, act, derive. Synchronous: the HAL calls are.
+
+        Returns True when the outputs changed: the EV answers a pilot change by
+        changing state, so the loop looks again soon (`settle_s`).
+        """
         now_s = self._monotonic()
         hw = self._hw
 
@@ -276,12 +290,17 @@ class ConnectorController:
         raw_state = hw.pilot.read_state()
         board_faults = hw.faults.active_faults()
         cable_a = hw.proximity.cable_rating_a() if hw.proximity is not None else None
-        driving_f = self._applied is not None and self._applied.fault_signal
+        # F read while we drive it (or just after releasing it: the line needs a
+        # moment to settle) is our own signal, not a pilot fault.
+        driving_f = (self._applied is not None and self._applied.fault_signal) or (
+            self._f_released_at_s is not None and now_s - self._f_released_at_s < F_SETTLE_S)
         faults = set(board_faults)
         if raw_state == CpState.E or (raw_state == CpState.F and not driving_f):
             faults.add(Fault.PILOT_FAULT)   # short on CP, or -12 V we did not drive
         if self._lock_failed:
             faults.add(Fault.LOCK_FAILURE)
+        if self._meter_lost:
+            faults.add(Fault.METER_LOST)
         plugged = self._plugged if (raw_state == CpState.F and driving_f) else raw_state != CpState.A
 
         # Decide.
@@ -293,11 +312,14 @@ class ConnectorController:
         outputs, memory = iec61851.step(inputs, self._memory, now_s, self._timing)
 
         # Act.
+        previous = self._applied
         outputs = self._apply(outputs, now_s)
         if outputs.relay_closed != memory.relay_closed:   # the lock vetoed closing
             memory = replace(memory, relay_closed=outputs.relay_closed)
         if outputs.relay_closed and not self._memory.relay_closed:
             self._relay_closed_at_s = now_s
+        if previous is not None and previous.fault_signal and not outputs.fault_signal:
+            self._f_released_at_s = now_s
         self._memory = memory
         self._applied = outputs
         self._pending_offer_a = iec61851.pending_raise(inputs, memory)
@@ -328,6 +350,7 @@ class ConnectorController:
 
         report = derive(ConnectorFacts(
             plugged=self._plugged, transaction_active=self._transaction_active,
+            energy_allowed=self._energy_allowed,
             energy_offered=outputs.offer_current_a >= iec61851.MIN_CURRENT_A, ev_drawing=drawing,
             faults=frozen, available=self._available, reserved=self._reserved, preparing=self._preparing,
             finishing=self._finishing, info=self._info))
@@ -340,6 +363,7 @@ class ConnectorController:
             events.append(StatusDue(self.connector_id, due))
         for event in events:
             self._emit(event)
+        return outputs != previous
 
     def _ev_drawing(self, relay_closed: bool, cp_state: CpState) -> bool:
         # Customer meaning of Charging: "with imported power". A power reading
@@ -348,7 +372,7 @@ class ConnectorController:
         if not relay_closed:
             return False
         fresh = (self._power_w is not None and self._power_at_s is not None
-                 and self._relay_closed_at_s is not None and self._power_at_s >= self._relay_closed_at_s)
+                 and self._relay_closed_at_s is not None and self._power_at_s > self._relay_closed_at_s)
         if fresh:
             assert self._power_w is not None
             return self._power_w > self._drawing_threshold_w
@@ -414,13 +438,15 @@ class ConnectorController:
         """Step every `step_interval_s`, and at once when poked. Runs until cancelled."""
         while True:
             self._wake.clear()
+            changed = False
             try:
-                self.step()
+                changed = self.step()
             except Exception:
                 log.exception("connector %d: step failed; forcing a safe state", self.connector_id)
                 self.safe_stop()
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._step_interval_s):
+                async with asyncio.timeout(min(self._settle_s, self._step_interval_s) if changed
+                                           else self._step_interval_s):
                     await self._wake.wait()
 
     def safe_stop(self) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hal.faults import FAULT_TABLE, FaultReport
 from hal.interfaces import CpState, Fault
 
 # IEC 61851-1 Annex A: the lowest current a PWM can offer is 6 A (10 % duty);
@@ -117,31 +118,28 @@ def offered_current_a(connector_max_a: float, cable_rating_a: float | None = Non
 
 # --------------------------------------------------------------------------- faults
 
-
-@dataclass(frozen=True)
-class FaultPolicy:
-    stops_energy: bool   # open the contactor, withdraw the PWM
-    signal_f: bool       # drive the pilot to -12 V (state F: EVSE not available)
-
-
-# Every board fault stops energy at once. PILOT_FAULT (state E, diode check) does
-# not drive F: the pilot must stay readable so that the EV's recovery is seen.
-FAULT_POLICY: dict[Fault, FaultPolicy] = {
-    Fault.GROUND_FAULT: FaultPolicy(stops_energy=True, signal_f=True),
-    Fault.OVERCURRENT: FaultPolicy(stops_energy=True, signal_f=True),
-    Fault.RELAY_WELD: FaultPolicy(stops_energy=True, signal_f=True),
-    # No meter, no billable energy: the platform bills from the register.
-    Fault.METER_LOST: FaultPolicy(stops_energy=True, signal_f=True),
-    # A socket outlet must be locked while energised (IEC 61851-1 6.3.1.4 / 8.4).
-    Fault.LOCK_FAILURE: FaultPolicy(stops_energy=True, signal_f=True),
-    Fault.OVER_TEMPERATURE: FaultPolicy(stops_energy=True, signal_f=True),
-    Fault.PILOT_FAULT: FaultPolicy(stops_energy=True, signal_f=False),
-}
-_UNKNOWN_FAULT = FaultPolicy(stops_energy=True, signal_f=True)
+# What each fault means for charging lives in one table, hal.faults.FAULT_TABLE
+# (stops_charging, faulted, error code). Here: a fault that stops charging and
+# makes the connector Faulted also drives F (-12 V: EVSE not available). A
+# pilot fault (E, diode check) stops energy but does not drive F, so that the
+# EV's recovery stays visible on the pilot.
 
 
 def stopping_faults(faults: frozenset[Fault]) -> frozenset[Fault]:
-    return frozenset(f for f in faults if FAULT_POLICY.get(f, _UNKNOWN_FAULT).stops_energy)
+    return frozenset(f for f in faults if _report(f).stops_charging)
+
+
+def signals_f(fault: Fault) -> bool:
+    report = _report(fault)
+    return report.stops_charging and report.faulted
+
+
+def _report(fault: Fault) -> FaultReport:
+    # A Fault kind added to hal.interfaces before hal.faults knows it: stop and signal.
+    return FAULT_TABLE.get(fault, _UNKNOWN_FAULT)
+
+
+_UNKNOWN_FAULT = FaultReport("InternalError", True, True, "HW-??", "unknown hardware fault")
 
 
 # --------------------------------------------------------------------------- decide
@@ -192,7 +190,7 @@ def decide(inputs: Inputs) -> Outputs:
       can take the cable after StopTransaction or a fault.
     """
     stopping = stopping_faults(inputs.faults)
-    signal_f = any(FAULT_POLICY.get(f, _UNKNOWN_FAULT).signal_f for f in stopping) or not inputs.available
+    signal_f = any(signals_f(f) for f in stopping) or not inputs.available
     plugged = inputs.cp_state in PLUGGED_STATES
 
     offer_a = 0.0
@@ -281,8 +279,8 @@ def pending_raise(inputs: Inputs, memory: Memory) -> float | None:
 
 
 __all__ = [
-    "ENERGY_REQUEST_STATES", "FAULT_POLICY", "MAX_PWM_CURRENT_A", "MIN_CURRENT_A", "NO_PWM_DUTY_PERCENT",
-    "PLUGGED_STATES", "PP_BANDS", "FaultPolicy", "Inputs", "Memory", "Outputs", "PpBand", "Timing",
+    "ENERGY_REQUEST_STATES", "MAX_PWM_CURRENT_A", "MIN_CURRENT_A", "NO_PWM_DUTY_PERCENT",
+    "PLUGGED_STATES", "PP_BANDS", "Inputs", "Memory", "Outputs", "PpBand", "Timing",
     "cable_rating_a_for_resistance_ohm", "current_for_duty_percent", "decide", "duty_percent_for_current",
-    "offered_current_a", "pending_raise", "step", "stopping_faults",
+    "offered_current_a", "pending_raise", "signals_f", "step", "stopping_faults",
 ]

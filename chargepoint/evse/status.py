@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from hal import faults as hal_faults
 from hal.interfaces import Fault
 
 log = logging.getLogger("chargepoint.evse.status")
@@ -62,35 +63,28 @@ E = ChargePointErrorCode
 
 # --------------------------------------------------------------------------- faults -> error codes
 
-# Board fault -> OCPP error code, most serious first (the first present one is
-# reported). PILOT_FAULT is EVCommunicationError, which section 4.9 says is a
-# warning ("SHALL only be used with status Preparing, SuspendedEV,
-# SuspendedEVSE and Finishing"), not a reason for Faulted.
-FAULT_ERROR_CODES: dict[Fault, ChargePointErrorCode] = {
-    Fault.GROUND_FAULT: E.GROUND_FAILURE,
-    Fault.OVERCURRENT: E.OVER_CURRENT_FAILURE,
-    Fault.RELAY_WELD: E.POWER_SWITCH_FAILURE,
-    Fault.OVER_TEMPERATURE: E.HIGH_TEMPERATURE,
-    Fault.LOCK_FAILURE: E.CONNECTOR_LOCK_FAILURE,
-    Fault.METER_LOST: E.POWER_METER_FAILURE,
-    Fault.PILOT_FAULT: E.EV_COMMUNICATION_ERROR,
-}
-WARNING_ERROR_CODES = frozenset({E.EV_COMMUNICATION_ERROR})
-# Statuses with which EVCommunicationError may be reported (section 4.9).
+# Fault -> error code, Faulted or warning, vendor code: one table, hal.faults.
+# EVCommunicationError "SHALL only be used with status Preparing, SuspendedEV,
+# SuspendedEVSE and Finishing and be treated as warning" (section 4.9).
 EV_COMMUNICATION_ERROR_STATUSES = frozenset({S.PREPARING, S.SUSPENDED_EV, S.SUSPENDED_EVSE, S.FINISHING})
 
-_FAULT_RANK = {fault: rank for rank, fault in enumerate(FAULT_ERROR_CODES)}
+
+def _error_code(fault: Fault) -> ChargePointErrorCode:
+    try:
+        return ChargePointErrorCode(hal_faults.report_for(fault).error_code)
+    except (KeyError, ValueError):   # a fault kind or code hal.faults does not know
+        return E.INTERNAL_ERROR
 
 
-def error_code_for(fault: Fault) -> ChargePointErrorCode:
-    # A fault kind added to hal.interfaces later, unknown here: InternalError.
-    return FAULT_ERROR_CODES.get(fault, E.INTERNAL_ERROR)
-
-
-def worst_fault(faults: frozenset[Fault]) -> Fault | None:
-    if not faults:
-        return None
-    return min(faults, key=lambda f: _FAULT_RANK.get(f, -1))
+def _fault_report(faults: frozenset[Fault]) -> tuple[Fault | None, bool]:
+    """The fault to report and whether the connector is Faulted (the most severe Faulted one wins)."""
+    known = frozenset(f for f in faults if f in hal_faults.FAULT_TABLE)
+    if known != faults:   # unknown kinds are treated as Faulted (InternalError)
+        return min(faults - known), True
+    faulted = frozenset(f for f in faults if hal_faults.report_for(f).faulted)
+    if faulted:
+        return hal_faults.primary_fault(faulted), True
+    return hal_faults.primary_fault(faults), False
 
 
 # --------------------------------------------------------------------------- derive
@@ -102,6 +96,7 @@ class ConnectorFacts:
 
     plugged: bool                      # an EV is connected: CP state is not A
     transaction_active: bool = False
+    energy_allowed: bool = False       # authorized (or free vend), possibly before StartTransaction.conf
     energy_offered: bool = False       # the EVSE offers energy now (PWM on)
     ev_drawing: bool = False           # power above a small threshold, or C with the contactor closed
     faults: frozenset[Fault] = frozenset()
@@ -125,11 +120,13 @@ class StatusReport:
 def derive(facts: ConnectorFacts) -> StatusReport:
     """The connector's status now, first match wins.
 
-    1. Faulted: a board fault other than a pilot/EV communication problem
-       (section 7.7: "not available for energy delivery").
+    1. Faulted: a fault that hal.faults marks Faulted (section 7.7: "not
+       available for energy delivery"). Other faults (meter lost, pilot / EV
+       communication) are warnings: their error code goes with the status
+       below (section 4.9), EVCommunicationError only with the statuses allowed.
     2. Unavailable: ChangeAvailability Inoperative.
     3. Finishing: the transaction stopped and the cable is still in.
-    4. With a transaction (or energy offered without one, A3/A4/A5):
+    4. With a transaction (or energy allowed / offered without one, A3/A4/A5):
        SuspendedEVSE when the EVSE withholds energy (limit below 6 A, invalid id,
        EV communication problem), with precedence over SuspendedEV (section 4.9);
        Charging when the EV draws power; else SuspendedEV (errata 3.55: "if the
@@ -141,30 +138,36 @@ def derive(facts: ConnectorFacts) -> StatusReport:
     6. Unplugged: Reserved, Preparing (authorized, waiting for the plug), or
        Available.
     """
-    fault = worst_fault(facts.faults)
-    code = error_code_for(fault) if fault is not None else E.NO_ERROR
-    vendor = str(fault) if fault is not None else None
-    if fault is not None and code not in WARNING_ERROR_CODES:
-        return StatusReport(S.FAULTED, code, facts.info, vendor)
+    fault, faulted = _fault_report(facts.faults)
+    if fault is None:
+        code, vendor, fault_info = E.NO_ERROR, None, None
+    else:
+        code = _error_code(fault)
+        known = fault in hal_faults.FAULT_TABLE
+        vendor = hal_faults.report_for(fault).vendor_error_code if known else str(fault)
+        fault_info = hal_faults.report_for(fault).info if known else None
+    if faulted:
+        return StatusReport(S.FAULTED, code, facts.info or fault_info, vendor)
     if not facts.available:
         return StatusReport(S.UNAVAILABLE, E.NO_ERROR, facts.info)
 
-    status = _operative_status(facts, ev_problem=fault is not None)
+    # Not Faulted: a fault present is a warning reported with the operative status.
+    status = _operative_status(facts)
     info = facts.info
     if facts.transaction_active and not facts.plugged and info is None:
         info = "EV side disconnected"
-    if code in WARNING_ERROR_CODES and status not in EV_COMMUNICATION_ERROR_STATUSES:
-        code, vendor = E.NO_ERROR, None
-    return StatusReport(status, code, info, vendor)
+    if code == E.EV_COMMUNICATION_ERROR and status not in EV_COMMUNICATION_ERROR_STATUSES:
+        code, vendor, fault_info = E.NO_ERROR, None, None
+    return StatusReport(status, code, info or fault_info, vendor)
 
 
-def _operative_status(facts: ConnectorFacts, *, ev_problem: bool) -> ChargePointStatus:
+def _operative_status(facts: ConnectorFacts) -> ChargePointStatus:
     if facts.finishing and facts.plugged:
         return S.FINISHING
-    if facts.transaction_active or facts.energy_offered or facts.ev_drawing:
+    if facts.transaction_active or facts.energy_allowed or facts.energy_offered or facts.ev_drawing:
         if not facts.plugged:
             return S.SUSPENDED_EV
-        if ev_problem or not facts.energy_offered:
+        if not facts.energy_offered:
             return S.SUSPENDED_EVSE
         return S.CHARGING if facts.ev_drawing else S.SUSPENDED_EV
     if facts.reserved:
@@ -182,7 +185,7 @@ def derive_charge_point(*, available: bool = True, error_code: ChargePointErrorC
     status of the individual Connectors (> 0)" -- it reflects the controller's own
     availability (ChangeAvailability on connector 0) and station-wide faults.
     """
-    if error_code is not None and error_code != E.NO_ERROR and error_code not in WARNING_ERROR_CODES:
+    if error_code is not None and error_code not in (E.NO_ERROR, E.EV_COMMUNICATION_ERROR):
         return StatusReport(S.FAULTED, error_code, info)
     return StatusReport(S.AVAILABLE if available else S.UNAVAILABLE, E.NO_ERROR, info)
 
