@@ -49,6 +49,7 @@ async def run(args: argparse.Namespace) -> int:
                        cert_hosts=(*DEFAULT_CERT_HOSTS, *args.cert_host), boot_status=args.boot_status,
                        heartbeat_interval_s=args.heartbeat_interval, validate=not args.no_validate)
     cs.log_messages = True
+    cs.record_messages = False   # runs for days: the log is the record
     await cs.start(args.host, args.port)
     print(f"OCPP 1.6J central system: {cs.url}  (a charge point appends /<id>)", flush=True)
     print(f"CA file: {cs.ca_file}", flush=True)

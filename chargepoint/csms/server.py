@@ -31,6 +31,7 @@ import asyncio
 import base64
 import binascii
 import datetime as dt
+import hashlib
 import hmac
 import itertools
 import json
@@ -203,7 +204,7 @@ class _Outgoing:
 
 @dataclass
 class _Seen:
-    fingerprint: str
+    fingerprint: bytes                # hash of action and payload
     response: Payload | None = None   # what we answered, for idempotent retries
 
 
@@ -255,6 +256,7 @@ class CentralSystem:
         self.charger_call_timeout_s: float | None = None  # a CALL after this long unanswered may be followed
         self.time_offset_s = 0.0          # skews currentTime in Heartbeat/BootNotification answers
         self.log_messages = False         # one INFO line per message (the standalone tool)
+        self.record_messages = True       # keep `received` and `frames` (off for long-running rigs)
         self.answer_without_subprotocol = False  # fault injection: 101 without ocpp1.6, then close
         self.close_timeout_s = 5.0
         # Answers
@@ -705,7 +707,8 @@ class CentralSystem:
     async def _send(self, live: _Live, text: str, *, answer: bool) -> None:
         if live.closed or (answer and live.blackholed):
             return
-        self.frames.append(FrameRecord(live.cp_id, "out", text, self._monotonic(), live.info.connection_id))
+        if self.record_messages:
+            self.frames.append(FrameRecord(live.cp_id, "out", text, self._monotonic(), live.info.connection_id))
         try:
             await live.ws.send(text)
         except ConnectionClosed:
@@ -717,17 +720,17 @@ class CentralSystem:
     async def _on_message(self, live: _Live, message: str | bytes) -> None:
         now = self._monotonic()
         cp_id = live.cp_id
+        text = message.decode("utf-8", "replace") if isinstance(message, bytes) else message
+        if self.record_messages:
+            self.frames.append(FrameRecord(cp_id, "in", text, now, live.info.connection_id))
         if isinstance(message, bytes):
-            self.frames.append(FrameRecord(cp_id, "in", message.decode("utf-8", "replace"), now,
-                                           live.info.connection_id))
             self._violation(cp_id, "frame", "binary frame; OCPP-J 4.1.2 messages are UTF-8 JSON text")
             self._notify()
             return
-        self.frames.append(FrameRecord(cp_id, "in", message, now, live.info.connection_id))
         try:
-            frame = checks.parse_frame(message)
+            frame = checks.parse_frame(text)
         except checks.FrameProblem as problem:
-            self._violation(cp_id, "frame", f"{problem.description}: {message[:200]}",
+            self._violation(cp_id, "frame", f"{problem.description}: {text[:200]}",
                             message_id=problem.message_id)
             self._notify()
             if problem.message_id is not None:
@@ -752,7 +755,9 @@ class CentralSystem:
                                 f"CALL while {sorted(live.inflight)} unanswered (OCPP-J 4.1.1)", action, mid)
         # OCPP-J errata 3.7: ids unique per charge point across connections; errata 3.1
         # (2025-04): a resend of the same message may keep its id.
-        fingerprint = action + "\n" + json.dumps(call.payload, sort_keys=True, separators=(",", ":"))
+        fingerprint = hashlib.blake2b(
+            (action + "\n" + json.dumps(call.payload, sort_keys=True, separators=(",", ":"))).encode(),
+            digest_size=16).digest()
         seen = self._seen.setdefault(cp_id, {})
         previous = seen.get(mid)
         retry = previous is not None and previous.fingerprint == fingerprint
@@ -775,7 +780,8 @@ class CentralSystem:
         delay_s = self._delays.get(action, 0.0)
         if isinstance(outcome, (dict, CallErrorResponse)):
             self._settle(rec, entry, outcome)
-        self.received.append(rec)
+        if self.record_messages:
+            self.received.append(rec)
         self._notify()
         if delay_s > 0 or not isinstance(outcome, (dict, CallErrorResponse)):
             task = asyncio.ensure_future(self._answer_later(live, rec, entry, outcome, delay_s))

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 from typing import Any
 
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from chargepoint.csms import CallErrorResponse, CentralSystem
+from chargepoint.csms import CallErrorResponse, CentralSystem, make_server_ssl_context
 from chargepoint.csms.checks import parse_rfc3339
 
 from .conftest import BOOT, CP_ID, PASSWORD, RawClient, basic_auth, open_client
@@ -65,6 +66,27 @@ async def test_wrong_or_missing_credentials_get_401_with_basic_challenge_ocppj_6
     assert info.value.response.status_code == 401
     assert info.value.response.headers["WWW-Authenticate"] == 'Basic realm="ocpp", charset="UTF-8"'
     assert cs.connections[-1].http_status == 401 and not cs.is_connected(CP_ID)
+
+
+@pytest.mark.asyncio
+async def test_passwords_change_at_runtime(cs: CentralSystem) -> None:
+    cs.set_password(CP_ID, "a-brand-new-password")
+    with pytest.raises(InvalidStatus):
+        await open_client(cs, password=PASSWORD)
+    ws = await open_client(cs, password="a-brand-new-password")
+    await ws.close()
+
+
+@pytest.mark.asyncio
+async def test_own_ssl_context_restricts_tls_version_and_cipher() -> None:
+    plain = CentralSystem()
+    context = make_server_ssl_context(plain.pki, maximum_version=ssl.TLSVersion.TLSv1_2,
+                                      ciphers="ECDHE-ECDSA-AES128-GCM-SHA256")
+    async with CentralSystem(ssl_context=context, pki_dir=plain.pki.ca_cert.parent) as cs:
+        ws = await open_client(cs, password=None)
+        info = await cs.wait_connected(CP_ID)
+        assert (info.tls_version, info.cipher) == ("TLSv1.2", "ECDHE-ECDSA-AES128-GCM-SHA256")
+        await ws.close()
 
 
 @pytest.mark.asyncio
@@ -174,15 +196,30 @@ async def test_pending_allows_only_triggered_messages_and_no_early_reboot_ocpp16
 
 @pytest.mark.asyncio
 async def test_concurrent_call_from_charger_is_a_violation_ocppj_4_1_1(cs: CentralSystem, client: RawClient) -> None:
+    release = asyncio.Event()
+
+    async def slow_heartbeat(cp_id: str, payload: dict[str, Any]) -> dict[str, Any]:
+        await release.wait()
+        return {"currentTime": "2025-06-01T12:00:00.000Z"}
+
     await client.boot()
-    cs.delay("Heartbeat", 0.3)
+    cs.responders["Heartbeat"] = slow_heartbeat
     await client.send([2, "h1", "Heartbeat", {}])
-    await cs.wait_for("Heartbeat")
-    await client.send([2, "s1", "StatusNotification", {"connectorId": 0, "errorCode": "NoError",
-                                                       "status": "Available"}])
-    answers = {(await client.recv())[1], (await client.recv())[1]}
-    assert answers == {"h1", "s1"}   # the delayed Heartbeat is still answered
+    status = await client.call("StatusNotification", {"connectorId": 0, "errorCode": "NoError",
+                                                      "status": "Available"})
+    assert status[0] == 3
+    release.set()
+    assert (await client.recv())[:2] == [3, "h1"]   # the held Heartbeat is still answered
     assert kinds(cs) == ["concurrent-call"]
+
+
+@pytest.mark.asyncio
+async def test_delay_answers_late_but_answers(cs: CentralSystem, client: RawClient) -> None:
+    await client.boot()
+    cs.delay("Heartbeat", 0.2)
+    answer = await client.call("Heartbeat", {})
+    assert answer[0] == 3 and cs.received[-1].response == answer[2]
+    cs.assert_no_violations()
 
 
 @pytest.mark.asyncio
