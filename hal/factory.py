@@ -1,0 +1,51 @@
+"""Build the Board the configuration asks for (`[hal] backend`).
+
+- "sim": hal.sim.SimBoard on storage.state_dir (its hardware state persists there).
+- "linux": hal.linux, sysfs PWM/GPIO/ADC configured by the [hal] table.
+
+Either way a connector with a [meter] table gets a ModbusMeter in place of the
+backend's own meter; meters on the same serial port or TCP endpoint share one
+bus (BusPool). In the simulator the EV still draws current through the sim
+physics; the Modbus meter then reports whatever the external meter measures.
+The SimBoard stays reachable as board.extra["sim"] for the sim.* commands.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from chargepoint.config import ConfigError, Settings
+from hal.interfaces import Board
+from hal.modbus.meter import BusPool, ModbusMeter
+
+
+def build_board(settings: Settings, *, monotonic: Callable[[], float] = time.monotonic) -> Board:
+    options = settings.hal.options
+    phases = [c.phases for c in settings.connectors]
+    board: Board
+    if settings.hal.backend == "sim":
+        from hal.sim.board import DEFAULT_PERSIST_INTERVAL_S, SimBoard
+
+        interval = options.get("persist_interval_s", DEFAULT_PERSIST_INTERVAL_S)
+        if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0 <= interval <= 60:
+            raise ConfigError("hal.persist_interval_s", "must be a number of seconds between 0 and 60")
+        board = SimBoard(settings.storage.state_dir, connector_phases=phases, links=settings.network.links,
+                         monotonic=monotonic, persist_interval_s=float(interval))
+    elif settings.hal.backend == "linux":
+        from hal.linux.board import build_linux_board
+
+        board = build_linux_board(options, phases, settings.network.links)
+    else:
+        raise ConfigError("hal.backend", f"unknown backend {settings.hal.backend!r}")
+
+    pool = BusPool()
+    for index, connector in enumerate(settings.connectors):
+        if connector.meter is None:
+            continue
+        prefix = "meter" if index == 0 else f"connector[{index}].meter"
+        try:
+            board.connectors[index].meter = ModbusMeter.from_settings(connector.meter, pool)
+        except ValueError as exc:
+            raise ConfigError(prefix, str(exc)) from None
+    return board
