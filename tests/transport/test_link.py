@@ -13,6 +13,7 @@ import base64
 import contextlib
 import dataclasses
 import itertools
+import json
 import logging
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -29,6 +30,7 @@ from websockets.uri import parse_uri
 from chargepoint.clock import Clock
 from chargepoint.config import ConfigError, Settings, parse_settings
 from chargepoint.devtools.pki import Pki
+from chargepoint.ocppj.session import Session
 from chargepoint.transport.backoff import Backoff
 from chargepoint.transport.link import CONNECTED, EVENT_FAILED_AUTH, EVENT_INVALID_CS_CERT, Link
 from tests.support.ntp_server import NtpServer
@@ -108,6 +110,9 @@ class StubCsms:
         with contextlib.suppress(ConnectionClosed):
             async for message in ws:
                 self.received.append(str(message))
+                frame = json.loads(message)
+                if frame[0] == 2 and frame[2] == "Heartbeat":  # answer like a central system
+                    await ws.send(json.dumps([3, frame[1], {"currentTime": "2026-11-24T10:00:00.000Z"}]))
 
     async def start(self) -> StubCsms:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -201,12 +206,18 @@ class Links:
     """Starts Link.run() tasks; stops them all at teardown (and checks they stop)."""
 
     def __init__(self) -> None:
-        self.started: list[tuple[Link, FakeSession, asyncio.Task[None]]] = []
+        self.started: list[tuple[Link, Any, asyncio.Task[None]]] = []
 
     def start(self, settings: Settings, *, clock: Clock | None = None,
               password: Callable[[], str | None] = lambda: "password",
               ping_interval_s: Callable[[], float] = lambda: 0.0, **kwargs: Any) -> tuple[Link, FakeSession]:
         session = FakeSession()
+        return self.start_with(session, settings, clock=clock, password=password, ping_interval_s=ping_interval_s,
+                               **kwargs), session
+
+    def start_with(self, session: Any, settings: Settings, *, clock: Clock | None = None,
+                   password: Callable[[], str | None] = lambda: "password",
+                   ping_interval_s: Callable[[], float] = lambda: 0.0, **kwargs: Any) -> Link:
         kwargs.setdefault("backoff", Backoff(initial_s=0.05, max_s=0.2))
         kwargs.setdefault("link_poll_s", 0.05)
         kwargs.setdefault("close_timeout_s", 0.5)
@@ -215,7 +226,7 @@ class Links:
                     ping_interval_s=ping_interval_s, **kwargs)
         task = asyncio.create_task(link.run())
         self.started.append((link, session, task))
-        return link, session
+        return link
 
 
 @pytest_asyncio.fixture
@@ -435,3 +446,22 @@ async def test_stop_closes_the_connection_and_detaches_the_session(
     await until(lambda: links.started[0][2].done(), "run() returned")
     assert link.state == "offline" and session.detaches == 1 and not session.connected
     await until(lambda: csms.connections[0].close_code == 1000, "closed cleanly")
+
+
+@pytest.mark.asyncio
+async def test_real_ocppj_session_round_trips_over_the_link(
+        pki: Pki, ntp: NtpServer, csms: StubCsms, links: Links) -> None:
+    async def get_configuration(payload: dict[str, Any]) -> dict[str, Any]:
+        return {"configurationKey": [], "unknownKey": payload.get("key", [])}
+
+    session = Session({"GetConfiguration": get_configuration}, call_timeout_s=WAIT_S)
+    link = links.start_with(session, make_settings(pki, csms.port, ntp))
+    await until(lambda: link.state == CONNECTED and session.connected, "connected")
+    result = await session.call("Heartbeat", {})
+    assert result == {"currentTime": "2026-11-24T10:00:00.000Z"}
+    await csms.connections[0].send('[2,"cs-1","GetConfiguration",{"key":["Nope"]}]')
+    await until(lambda: any('"cs-1"' in m for m in csms.received), "CALLRESULT from the charger")
+    answer = json.loads(next(m for m in csms.received if '"cs-1"' in m))
+    assert answer == [3, "cs-1", {"configurationKey": [], "unknownKey": ["Nope"]}]
+    await link.stop()
+    assert not session.connected
