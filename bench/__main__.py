@@ -30,8 +30,8 @@ from typing import Any
 
 from websockets.asyncio.server import ServerConnection, serve
 
-from chargepoint.devtools.pki import ensure_pki
 from chargepoint.devtools.ntp_server import NtpServer
+from chargepoint.devtools.pki import ensure_pki
 
 REPO = Path(__file__).resolve().parents[1]
 CP_ID = "CP-BENCH"
@@ -163,8 +163,10 @@ async def measure(kind: str, calls: int, idle_s: float, tmp: Path, actions: list
         config = _write_config(tmp, url, pki.ca_cert, ntp.address)
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         started = time.monotonic()
-        proc = subprocess.Popen(_peer_command(kind, url, pki.ca_cert, config), cwd=REPO, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        log = (tmp / "peer.log").open("wb")
+        # Popen returns at once (fork/exec); the peer's start-up is what we time.
+        proc = subprocess.Popen(_peer_command(kind, url, pki.ca_cert, config), cwd=REPO, env=env,  # noqa: ASYNC220
+                                stdout=log, stderr=subprocess.STDOUT)
         try:
             await asyncio.wait_for(server.boot_seen.wait(), 30)
             cold_start_s = (server.boot_at or time.monotonic()) - started
@@ -197,6 +199,7 @@ async def measure(kind: str, calls: int, idle_s: float, tmp: Path, actions: list
             except subprocess.TimeoutExpired:
                 proc.kill()
             ntp.close()
+            log.close()
 
 
 def main() -> int:
