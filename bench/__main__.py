@@ -145,7 +145,10 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-ACTIONS = {"GetConfiguration": {"key": ["HeartbeatInterval"]}, "SetChargingProfile": SET_PROFILE}
+ACTIONS: dict[str, dict[str, Any]] = {
+    "GetConfiguration": {"key": ["HeartbeatInterval"]},
+    "SetChargingProfile": SET_PROFILE,
+}
 
 
 async def measure(kind: str, calls: int, idle_s: float, tmp: Path, actions: list[str]) -> dict[str, Any]:
