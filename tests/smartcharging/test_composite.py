@@ -13,7 +13,7 @@ import ocpp
 import pytest
 
 from chargepoint.smartcharging.composite import composite_schedule, limit_at, next_limit_change
-from chargepoint.smartcharging.model import ChargingProfile, TxInfo, format_datetime, parse_profile
+from chargepoint.smartcharging.model import ChargingProfile, RateUnit, TxInfo, format_datetime, parse_profile
 
 T0 = datetime(2026, 11, 24, 6, 0, tzinfo=UTC)  # a Tuesday
 RESPONSE_SCHEMA = json.loads(
@@ -24,7 +24,8 @@ RESPONSE_SCHEMA = json.loads(
 def make(pid: int, purpose: str, periods: list[tuple[int, float]], *, connector: int = 0, stack: int = 0,
          kind: str = "Absolute", start: datetime | None = T0, unit: str = "A", duration: int | None = None,
          recurrency: str | None = None, valid_from: datetime | None = None, valid_to: datetime | None = None,
-         transaction_id: int | None = None, min_rate: float | None = None, phases: int | None = None) -> ChargingProfile:
+         transaction_id: int | None = None, min_rate: float | None = None,
+         phases: int | None = None) -> ChargingProfile:
     schedule: dict[str, Any] = {"chargingRateUnit": unit, "chargingSchedulePeriod": [
         {"startPeriod": s, "limit": lim, **({"numberPhases": phases} if phases else {})} for s, lim in periods]}
     if kind != "Relative" and start is not None:
@@ -44,7 +45,7 @@ def make(pid: int, purpose: str, periods: list[tuple[int, float]], *, connector:
 
 
 def periods_of(profiles: list[ChargingProfile], *, connector: int = 1, start: datetime = T0, duration: int = 3600,
-               unit: str = "A", tx: TxInfo | None = None, phases: int = 3,
+               unit: RateUnit = "A", tx: TxInfo | None = None, phases: int = 3,
                max_a: float | None = None) -> list[tuple[int, float | None]]:
     result = composite_schedule(profiles, connector_id=connector, start=start, duration_s=duration, rate_unit=unit,
                                 transaction=tx, connector_phases=phases, connector_max_current_a=max_a)
