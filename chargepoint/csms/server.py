@@ -469,6 +469,9 @@ class CentralSystem:
             return None
         return await self._wait(check, timeout_s, f"{action} from {cp_id or 'any charge point'}")
 
+    def received_of(self, action: str, cp_id: str | None = None) -> list[Received]:
+        return [r for r in self.received if r.action == action and (cp_id is None or r.cp_id == cp_id)]
+
     def connector_status(self, cp_id: str, connector_id: int) -> str | None:
         """The status of the last StatusNotification for the connector."""
         payload = self.statuses.get(cp_id, {}).get(connector_id)
@@ -880,20 +883,26 @@ class CentralSystem:
         await self._send_answer(live, rec)
 
     async def _send_answer(self, live: _Live, rec: Received) -> None:
+        live.inflight.pop(rec.message_id, None)   # answered, or never will be: the charger times out
         if live.blackholed or live.closed:
             return   # a blackholed link answers nothing; a closed one cannot
-        live.inflight.pop(rec.message_id, None)
         if rec.error_code is not None:
             await self._send_error(live, rec.message_id, rec.error_code, rec.error_description or "")
             return
         assert rec.response is not None
+        try:
+            text = json.dumps([checks.CALLRESULT, rec.message_id, rec.response])
+        except (TypeError, ValueError) as exc:
+            log.error("%s: %s answer is not JSON: %s", rec.cp_id, rec.action, exc)
+            await self._send_error(live, rec.message_id, "InternalError", "central system answer not serialisable")
+            return
         self._log_message(rec.cp_id, "->", f"{rec.action} result", rec.response)
         if rec.action == "BootNotification" and rec.response.get("status") in ("Pending", "Rejected"):
             # OCPP 1.6 4.2: no new BootNotification before `interval` from now.
             interval = rec.response.get("interval")
             if isinstance(interval, int) and interval > 0:
                 self._not_before_boot[rec.cp_id] = self._monotonic() + interval - 0.001
-        await self._send(live, json.dumps([checks.CALLRESULT, rec.message_id, rec.response]), answer=True)
+        await self._send(live, text, answer=True)
 
     async def _send_error(self, live: _Live, message_id: str, code: str, description: str) -> None:
         live.inflight.pop(message_id, None)
@@ -971,6 +980,12 @@ class CentralSystem:
         return {"idTagInfo": self._id_tag_info(payload.get("idTag"), self.authorize)}
 
     def _default_StartTransaction(self, cp_id: str, payload: Payload) -> Payload:
+        for tx in self.transactions.values():
+            if tx.cp_id == cp_id and tx.stop is None and tx.start == payload:
+                # The same start again under a new message id (its .conf was lost):
+                # the same transaction, not a second one.
+                return {"transactionId": tx.transaction_id,
+                        "idTagInfo": self._id_tag_info(payload.get("idTag"), self.start_status)}
         tx_id = self.next_transaction_id
         self.next_transaction_id += 1
         return {"transactionId": tx_id, "idTagInfo": self._id_tag_info(payload.get("idTag"), self.start_status)}
@@ -1003,6 +1018,9 @@ class CentralSystem:
             tx_id = response.get("transactionId")
             if not isinstance(tx_id, int):
                 return
+            known = self.transactions.get(tx_id)
+            if known is not None and known.cp_id == cp_id and known.start == payload:
+                return   # a resend of this start
             connector = payload.get("connectorId")
             for other in self.transactions.values():
                 if other.cp_id == cp_id and other.connector_id == connector and other.stop is None:
@@ -1017,6 +1035,8 @@ class CentralSystem:
             if tx is None or tx.cp_id != cp_id:
                 self._violation(cp_id, "unknown-transaction", f"StopTransaction for unknown transaction {tx_id}",
                                 rec.action, mid)
+            elif tx.stop == payload:
+                pass   # the same stop again under a new message id (its .conf was lost)
             elif tx.stop is not None:
                 self._violation(cp_id, "double-stop", f"transaction {tx_id} was already stopped by "
                                 f"{tx.stop_message_id}", rec.action, mid)
@@ -1032,10 +1052,12 @@ class CentralSystem:
             if tx is None or tx.cp_id != cp_id:
                 self._violation(cp_id, "unknown-transaction", f"MeterValues for unknown transaction {tx_id}",
                                 rec.action, mid)
+            elif tx.stop == payload:
+                pass   # the same stop again under a new message id (its .conf was lost)
             elif tx.stop is not None:
                 self._violation(cp_id, "meter-values-after-stop",
                                 f"MeterValues for transaction {tx_id} after its StopTransaction", rec.action, mid)
-            else:
+            elif payload not in tx.meter_values:   # an identical resend is not new data
                 tx.meter_values.append(payload)
 
     # --- plumbing ----------------------------------------------------------------------

@@ -263,12 +263,30 @@ async def test_transaction_bookkeeping_catches_double_and_unknown_stops(cs: Cent
     assert len(tx.meter_values) == 1
     cs.assert_no_violations()
 
-    await client.call("StopTransaction", stop_tx(tx_id))        # a second stop (power-loss bug)
+    await client.call("StopTransaction", {**stop_tx(tx_id), "reason": "PowerLoss"})   # stopped twice
     await client.call("StopTransaction", stop_tx(-1))           # offline start never resolved
     await client.call("MeterValues", meter_values(tx_id))       # after its stop
     assert kinds(cs) == ["double-stop", "unknown-transaction", "meter-values-after-stop"]
     blocked = await client.call("StartTransaction", start_tx(connector=2, id_tag="BLOCKED"))
     assert blocked[2] == {"transactionId": 2, "idTagInfo": {"status": "Blocked"}}
+
+
+@pytest.mark.asyncio
+async def test_identical_resends_under_new_ids_are_not_new_transactions_or_double_stops(
+        cs: CentralSystem, client: RawClient) -> None:
+    await client.boot()
+    first = await client.call("StartTransaction", start_tx())
+    again = await client.call("StartTransaction", start_tx())      # .conf lost, resent with a new id
+    assert again[2]["transactionId"] == first[2]["transactionId"] and list(cs.transactions) == [1]
+    await client.call("MeterValues", meter_values(1))
+    await client.call("MeterValues", meter_values(1))
+    await client.call("StopTransaction", stop_tx(1))
+    await client.call("StopTransaction", stop_tx(1))
+    assert len(cs.transactions[1].meter_values) == 1
+    cs.assert_no_violations()
+    await client.call("StopTransaction", {**stop_tx(1), "reason": "PowerLoss"})   # a different second stop
+    assert kinds(cs) == ["double-stop"]
+    assert [r.message_id for r in cs.received_of("StopTransaction")] == [r.message_id for r in cs.received[-3:]]
 
 
 @pytest.mark.asyncio
