@@ -124,7 +124,6 @@ class Link:
         self._wake = asyncio.Event()
         self._reconnect_requested = False
         self._stopping = False
-        self._stopped = asyncio.Event()
         self._run_task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ public
@@ -164,9 +163,8 @@ class Link:
         task = self._run_task
         if task is None or task.done():
             return
-        try:
-            await asyncio.wait_for(asyncio.shield(self._stopped.wait()), self._close_timeout_s + 1.0)
-        except TimeoutError:
+        done, _ = await asyncio.wait({task}, timeout=self._close_timeout_s + 1.0)
+        if not done:
             # Stuck in NTP or an opening handshake: no need to wait for those.
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -176,7 +174,6 @@ class Link:
         if self._run_task is not None and not self._run_task.done():
             raise RuntimeError("Link.run() is already running")
         self._run_task = asyncio.current_task()
-        self._stopped.clear()
         try:
             while not self._stopping:
                 link = await self._wait_for_link()
@@ -197,7 +194,6 @@ class Link:
                     await self._pause(self._backoff.next_delay_s())
         finally:
             self._set_state(OFFLINE)
-            self._stopped.set()
 
     # ------------------------------------------------------------------ steps
 
@@ -273,15 +269,21 @@ class Link:
     async def _connect_once(self, link: str | None) -> tuple[float, bool]:
         """One connection: handshake, serve until it ends. Returns (seconds it was up,
         reconnect at once without back-off)."""
+        try:
+            ssl_context = self._ssl_context_factory()
+            password = self._password_provider()
+            ping_s = self._ping_interval_s()
+        except Exception as exc:
+            self.last_error = f"cannot prepare the connection: {type(exc).__name__}: {exc}"
+            log.error("link: %s", self.last_error)
+            return 0.0, False
         headers: dict[str, str] = {}
-        password = self._password_provider()
         if password:
             headers["Authorization"] = basic_auth_header(self._settings.ocpp.charge_point_id, password)
-        ping_s = self._ping_interval_s()
         try:
             ws = await connect(
                 self._url,
-                ssl=self._ssl_context_factory(),
+                ssl=ssl_context,
                 subprotocols=[Subprotocol(SUBPROTOCOL)],
                 additional_headers=headers,
                 # websockets would honour *_PROXY from the environment; only use a configured proxy.
@@ -373,7 +375,8 @@ class Link:
                     await self._session.feed(message)
                 except Exception:
                     log.exception("link: the session failed on a frame")
-            return f"closed by the central system ({ws.close_code} {ws.close_reason})".rstrip()
+            detail = f": {ws.close_reason}" if ws.close_reason else ""
+            return f"closed by the central system (code {ws.close_code}{detail})"
         except ConnectionClosed as exc:
             return f"connection lost: {exc}"
 
