@@ -81,12 +81,13 @@ async def sync_clock(clock: Clock, settings: NtpSettings, *,
                 step(clock.system_s() + offset_s)
                 stepped = True
             except OSError as exc:
-                # No CAP_SYS_TIME (EPERM): behave like set_clock=false and keep the offset.
-                # Logged once: it fails the same way before every handshake.
-                if not isinstance(exc, PermissionError) or not _step_denied_logged:
+                # Behave like set_clock=false: keep the offset. EPERM (no CAP_SYS_TIME) fails
+                # the same way before every handshake, so it is logged once.
+                denied = isinstance(exc, PermissionError)
+                if not (denied and _step_denied_logged):
                     log.warning("ntp: cannot step the system clock (%s); keeping the offset instead",
                                 errno.errorcode.get(exc.errno or 0, str(exc)))
-                    _step_denied_logged = _step_denied_logged or isinstance(exc, PermissionError)
+                _step_denied_logged = _step_denied_logged or denied
         clock.apply_offset(offset_s, SOURCE_NTP, stepped=stepped)
         log.info("ntp: offset %+.3f s from %s:%d (stratum %d, delay %.3f s)%s",
                  offset_s, host, port, stats.stratum, stats.delay, ", clock stepped" if stepped else "")
