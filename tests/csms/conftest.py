@@ -62,14 +62,14 @@ class RawClient:
 
 async def open_client(cs: CentralSystem, cp_id: str = CP_ID, password: str | None = PASSWORD, *,
                       subprotocols: list[str] | None = None, headers: dict[str, str] | None = None,
-                      ) -> ClientConnection:
+                      **connect_kwargs: Any) -> ClientConnection:
     extra = dict(headers or {})
     if password is not None:
         extra["Authorization"] = basic_auth(cp_id, password)
     offered = [Subprotocol(p) for p in (["ocpp1.6"] if subprotocols is None else subprotocols)]
     return await connect(f"{cs.url}/{cp_id}", ssl=client_ssl(cs), additional_headers=extra,
                          subprotocols=offered or None,   # []: no Sec-WebSocket-Protocol header at all
-                         proxy=None, open_timeout=10, close_timeout=2)
+                         proxy=None, open_timeout=10, **{"close_timeout": 2, **connect_kwargs})
 
 
 @pytest_asyncio.fixture

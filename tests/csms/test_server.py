@@ -483,3 +483,22 @@ async def test_restart_on_the_same_port_keeps_state(cs: CentralSystem, client: R
     assert second[2]["transactionId"] == 2                    # ids keep increasing
     await again.ws.close()
     cs.assert_no_violations()
+
+
+@pytest.mark.asyncio
+async def test_client_keepalive_detects_blackhole_and_its_reconnect_replaces_the_dead_link(
+        cs: CentralSystem, client: RawClient) -> None:
+    await client.boot()
+    pinging = await open_client(cs, ping_interval=0.2, ping_timeout=0.5, close_timeout=0.5)
+    n = len(cs.connections)
+    await cs.wait_connected(CP_ID, after_index=n - 1)
+    cs.blackhole(CP_ID)
+    with pytest.raises(ConnectionClosed):
+        await asyncio.wait_for(pinging.recv(), 20)   # no pong: the client gives up on the link
+    assert cs.is_connected(CP_ID)                    # the server still believes in it (half-open)
+    fresh = RawClient(await open_client(cs))
+    await cs.wait_connected(CP_ID, after_index=n)
+    assert cs.connections[n - 1].closed_by == "replaced"
+    assert (await fresh.call("Heartbeat", {}))[0] == 3
+    await fresh.ws.close()
+
