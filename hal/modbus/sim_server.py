@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
@@ -30,6 +30,14 @@ ReadingSource = Callable[[], MeterReading]
 RequestHook = Callable[[int, int, int, int], ExcCodes | None]
 
 _UNUSED_ADDRESS = 0xFFF0
+
+
+class _ReadingMeter(Protocol):
+    def reading(self) -> MeterReading: ...
+
+
+class SimBoardLike(Protocol):
+    def sim_meter(self, connector_id: int) -> _ReadingMeter: ...
 
 
 class SimulatedMeter:
@@ -102,3 +110,17 @@ class SimulatedMeterServer:
             server, self._server = self._server, None
             await server.shutdown()
             await asyncio.sleep(0)  # let the closed transports call back
+
+
+async def serve_sim_meter(board: SimBoardLike, connector_id: int = 1, *, driver: str = "sdm630",
+                          unit_id: int = 1, host: str = "127.0.0.1", port: int = 0) -> SimulatedMeterServer:
+    """Serve a SimBoard connector's meter as a Modbus TCP meter (for `make run`: the EV through a real Modbus stack).
+
+    Point the connector's [meter] table (driver, host, port, unit_id) at it. Stop it with `await server.stop()`.
+    """
+    from hal.modbus.registers import register_map
+
+    sim_meter = board.sim_meter(connector_id)
+    server = SimulatedMeterServer(SimulatedMeter(register_map(driver), sim_meter.reading, unit_id=unit_id))
+    await server.start_tcp(host, port)
+    return server

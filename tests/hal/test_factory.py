@@ -83,3 +83,30 @@ def test_linux_backend_builds_from_the_hal_table(tmp_path: Path) -> None:
     assert not isinstance(board, SimBoard)
     assert board.connector(1).pilot.read_state() is CpState.A
     assert board.network.active_link() == "wifi"
+
+
+@pytest.mark.asyncio
+async def test_serve_sim_meter_exposes_the_sim_board_meter_over_modbus_tcp(tmp_path: Path) -> None:
+    from hal.modbus.sim_server import serve_sim_meter
+
+    clock = FakeClock()
+    board = SimBoard(tmp_path, monotonic=clock)
+    server = await serve_sim_meter(board, 1, driver="em340", unit_id=5)
+    try:
+        assert server.port is not None
+        cfg = settings(tmp_path, meter={"driver": "em340", "transport": "tcp", "port": server.port, "unit_id": 5,
+                                        "timeout_s": 1.0})
+        meter_settings = cfg.connectors[0].meter
+        assert meter_settings is not None
+        meter = ModbusMeter.from_settings(meter_settings)
+        assert board.handle_command({"cmd": "sim.plug", "connector": 1})["ok"]
+        assert board.handle_command({"cmd": "sim.ev", "connector": 1, "phases": 1})["ok"]
+        board.connector(1).pilot.offer_current(10)
+        board.connector(1).relay.set_closed(True)
+        clock.advance(1800)
+        reading = await meter.read()
+        assert reading.current_a == (10.0, 0.0, 0.0)
+        assert reading.energy_wh == pytest.approx(1100.0, abs=100)  # EM340 counts in 0.1 kWh
+        await meter.close()
+    finally:
+        await server.stop()
