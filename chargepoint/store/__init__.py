@@ -1,7 +1,7 @@
 """Durable state in SQLite (WAL, fsync at commit): see db.Store."""
 
 from chargepoint.store.auth import apply_local_list
-from chargepoint.store.db import EventTimeLike, Store, StoredTime
+from chargepoint.store.db import EventTimeLike, Store
 from chargepoint.store.profiles import Reservation
 from chargepoint.store.queue import QueuedMessage, resolve_payload, time_ref
 from chargepoint.store.transactions import TransactionRecord
@@ -11,7 +11,6 @@ __all__ = [
     "QueuedMessage",
     "Reservation",
     "Store",
-    "StoredTime",
     "TransactionRecord",
     "apply_local_list",
     "resolve_payload",

@@ -30,9 +30,10 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+from chargepoint.clock import EventTime
 
 log = logging.getLogger("chargepoint.store")
 
@@ -46,7 +47,7 @@ _SQLITE_NOTADB = 26
 
 
 class EventTimeLike(Protocol):
-    """What the store needs of `chargepoint.clock.EventTime` (docs/ARCHITECTURE.md)."""
+    """What the store needs of an event time; it reads back `chargepoint.clock.EventTime`."""
 
     @property
     def boot_id(self) -> Any: ...
@@ -58,33 +59,22 @@ class EventTimeLike(Protocol):
     def wall_s(self) -> float | None: ...
 
 
-@dataclass(frozen=True)
-class StoredTime:
-    """An event time read back from the store: same fields as chargepoint.clock.EventTime.
+def stored_time(boot_id: Any, monotonic_s: float | None, wall_s: float | None) -> EventTime | None:
+    """An event time read back from three columns (None if none was stored).
 
-    `wall_s` is None when the event happened before the clock was synchronised;
-    the clock re-stamps such events once it knows the time (never 1970).
+    `wall_s` is None for an event recorded before the clock was synchronised; the
+    clock re-stamps it when the message is sent (never 1970).
     """
-
-    boot_id: Any
-    monotonic_s: float
-    wall_s: float | None
-
-
-def stored_time(boot_id: Any, monotonic_s: float | None, wall_s: float | None) -> StoredTime | None:
     if monotonic_s is None:
         return None
-    return StoredTime(boot_id, float(monotonic_s), None if wall_s is None else float(wall_s))
+    return EventTime(str(boot_id), float(monotonic_s), None if wall_s is None else float(wall_s))
 
 
-def time_columns(t: EventTimeLike | None) -> tuple[Any, float | None, float | None]:
+def time_columns(t: EventTimeLike | None) -> tuple[str | None, float | None, float | None]:
     """(boot_id, monotonic_s, wall_s) for the three columns that hold an event time."""
     if t is None:
         return (None, None, None)
-    boot_id = t.boot_id
-    if not isinstance(boot_id, str | int | float | type(None)):
-        boot_id = str(boot_id)
-    return (boot_id, float(t.monotonic_s), None if t.wall_s is None else float(t.wall_s))
+    return (str(t.boot_id), float(t.monotonic_s), None if t.wall_s is None else float(t.wall_s))
 
 
 def _json_default(value: Any) -> Any:
@@ -113,8 +103,7 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (ns, key)
     ) WITHOUT ROWID;
 
-    -- Time columns come in threes (boot_id, monotonic_s, wall_s); boot_id has no
-    -- declared type so it keeps whatever type the clock uses.
+    -- Time columns come in threes (boot_id, monotonic_s, wall_s): chargepoint.clock.EventTime.
     CREATE TABLE transactions (
         local_id          INTEGER PRIMARY KEY AUTOINCREMENT,
         connector_id      INTEGER NOT NULL,

@@ -46,7 +46,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from chargepoint.store.db import EventTimeLike, StoredTime, dumps, loads, stored_time, time_columns
+from chargepoint.clock import EventTime
+from chargepoint.store.db import EventTimeLike, dumps, loads, stored_time, time_columns
 
 if TYPE_CHECKING:
     import sqlite3
@@ -77,7 +78,7 @@ def time_ref(t: EventTimeLike) -> dict[str, Any]:
     return {TIME_REF_KEY: [boot_id, mono, wall]}
 
 
-def resolve_payload(payload: Any, resolve: Callable[[StoredTime], str | None]) -> Any | None:
+def resolve_payload(payload: Any, resolve: Callable[[EventTime], str | None]) -> Any | None:
     """A copy of `payload` with every time_ref replaced by resolve(time); None if any is still unknown."""
     unresolved = False
 
@@ -86,7 +87,7 @@ def resolve_payload(payload: Any, resolve: Callable[[StoredTime], str | None]) -
         if isinstance(node, dict):
             ref = node.get(TIME_REF_KEY) if len(node) == 1 else None
             if isinstance(ref, list) and len(ref) == 3:
-                t = StoredTime(ref[0], float(ref[1]), None if ref[2] is None else float(ref[2]))
+                t = EventTime(str(ref[0]), float(ref[1]), None if ref[2] is None else float(ref[2]))
                 text = resolve(t)
                 if text is None:
                     unresolved = True
@@ -107,7 +108,7 @@ class QueuedMessage:
     payload: dict[str, Any]
     kind: str
     local_tx_id: int | None
-    event_time: StoredTime | None
+    event_time: EventTime | None
     attempts: int
 
 
@@ -173,8 +174,10 @@ class MessageQueue:
 
     def bump_attempts(self, seq: int) -> int:
         """Count one failed transmission; returns the attempts so far (0 if the message is gone)."""
-        row = self._store.execute("UPDATE queue SET attempts = attempts + 1 WHERE seq = ? RETURNING attempts",
-                                  (seq,)).fetchone()
+        with self._store.transaction():
+            # RETURNING rows must be read before the commit.
+            row = self._store.connection.execute(
+                "UPDATE queue SET attempts = attempts + 1 WHERE seq = ? RETURNING attempts", (seq,)).fetchone()
         return 0 if row is None else int(row[0])
 
     def drop(self, seq: int, reason: str) -> bool:

@@ -22,7 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from chargepoint.store.db import EventTimeLike, StoredTime, stored_time, time_columns
+from chargepoint.clock import EventTime
+from chargepoint.store.db import EventTimeLike, stored_time, time_columns
 
 if TYPE_CHECKING:
     import sqlite3
@@ -38,19 +39,19 @@ class TransactionRecord:
     transaction_id: int | None
     reservation_id: int | None
     start_meter_wh: float
-    start_time: StoredTime
+    start_time: EventTime
     start_acked: bool
     start_dropped: bool
     id_tag_status: str | None
     stop_meter_wh: float | None
-    stop_time: StoredTime | None
+    stop_time: EventTime | None
     stop_reason: str | None
     stop_id_tag: str | None
     stop_queued: bool
     stop_acked: bool
     stop_dropped: bool
     last_meter_wh: float | None
-    last_meter_time: StoredTime | None
+    last_meter_time: EventTime | None
 
     @property
     def resolved(self) -> bool:
