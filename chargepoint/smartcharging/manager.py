@@ -153,8 +153,8 @@ class SmartChargingManager:
             replaced = self._replaced_by(profile)
             self._check_room(len(replaced))
         except ProfileRejected as exc:
-            log.info("SetChargingProfile id=%s on connector %d rejected: %s",
-                     profile_payload.get("chargingProfileId"), connector_id, exc.reason)
+            profile_id = profile_payload.get("chargingProfileId") if isinstance(profile_payload, dict) else None
+            log.info("SetChargingProfile id=%s on connector %d rejected: %s", profile_id, connector_id, exc.reason)
             return "Rejected"
         self._install(profile, replaced)
         log.info("charging profile %d installed: %s stackLevel %d on connector %d%s", profile.id,
