@@ -15,4 +15,7 @@ def build_services(app: ChargePointApp) -> list[object]:
     status = StatusNotificationService(app)
     app.meters = MeterService(app)
     services: list[object] = [ConfigurationService(app), status, TriggerMessageService(app, status), app.meters]
+    from chargepoint.services.smart_charging import SmartChargingService  # smart charging (issue 5)
+    app.smart_charging = SmartChargingService(app)
+    services.append(app.smart_charging)
     return services
