@@ -155,14 +155,6 @@ class TransactionMessageSender:
                 log.exception("transaction message delivery failed; retrying in %.0f s", self._error_backoff_s)
                 await self._sleep(self._error_backoff_s)
 
-    async def send_next(self) -> bool:
-        """One delivery step (for tests and tools): False when the queue is empty."""
-        message = self._store.queue.peek()
-        if message is None:
-            return False
-        await self._deliver(message)
-        return True
-
     async def _deliver(self, message: QueuedMessage) -> None:
         payload = self._complete(message)
         if payload is None:
