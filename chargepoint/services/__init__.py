@@ -18,4 +18,9 @@ def build_services(app: ChargePointApp) -> list[object]:
     from chargepoint.services.smart_charging import SmartChargingService  # smart charging (issue 5)
     app.smart_charging = SmartChargingService(app)
     services.append(app.smart_charging)
+    from chargepoint.services.authorization import AuthorizationService  # authorization (issue 4)
+    from chargepoint.services.transactions import TransactionService  # transactions (issue 3)
+    app.auth = AuthorizationService(app)
+    app.transactions = TransactionService(app)
+    services += [app.auth, app.transactions]
     return services
