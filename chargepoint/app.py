@@ -100,9 +100,11 @@ class ChargePointApp:
         )
         self.control = ControlServer(settings.control.socket, self._handle_control)
         self.add_control_handler("status", self._control_status)
-        sim = board.extra.get("sim")
+        sim: Any = board.extra.get("sim")
         if sim is not None:
-            handle = sim.handle_command  # type: ignore[union-attr]
+            # A plug event reaches the controller at once, not at its next poll.
+            sim.add_listener(self._on_sim_change)
+            handle = sim.handle_command
             for cmd in ("sim.plug", "sim.unplug", "sim.ev", "sim.swipe", "sim.fault", "sim.clear", "sim.link",
                         "sim.state"):
                 self.add_control_handler(cmd, handle)
@@ -217,6 +219,12 @@ class ChargePointApp:
             self.security_events(kind, tech_info)
 
     # ------------------------------------------------------------------ connector events
+
+    def _on_sim_change(self, change: Any) -> None:
+        connector_id = getattr(change, "connector_id", None)
+        for cid, controller in self.controllers.items():
+            if connector_id is None or connector_id == cid:
+                controller.poke()
 
     def add_connector_listener(self, listener: Callable[[ConnectorEvent], None]) -> None:
         self._connector_listeners.append(listener)

@@ -17,7 +17,6 @@ from collections.abc import Callable
 
 from chargepoint.config import ConfigError, Settings
 from hal.interfaces import Board
-from hal.modbus.meter import BusPool, ModbusMeter
 
 
 def build_board(settings: Settings, *, monotonic: Callable[[], float] = time.monotonic) -> Board:
@@ -38,6 +37,11 @@ def build_board(settings: Settings, *, monotonic: Callable[[], float] = time.mon
         board = build_linux_board(options, phases, settings.network.links)
     else:
         raise ConfigError("hal.backend", f"unknown backend {settings.hal.backend!r}")
+
+    if all(connector.meter is None for connector in settings.connectors):
+        return board
+    # Imported only when a Modbus meter is configured: pymodbus costs ~20 ms and a few MB.
+    from hal.modbus.meter import BusPool, ModbusMeter
 
     pool = BusPool()
     for index, connector in enumerate(settings.connectors):

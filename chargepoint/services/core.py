@@ -9,6 +9,7 @@ message).
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -106,9 +107,11 @@ class StatusNotificationService:
             payload["info"] = report.info[:50]
         if report.vendor_error_code:
             payload["vendorErrorCode"] = report.vendor_error_code[:50]
-        stamp = self.app.clock.now() if self.app.clock.synced else None
-        if stamp is not None:
-            payload["timestamp"] = self.app.clock.iso8601(stamp)
+        if self.app.clock.synced:
+            # The time the status began (§6.48 timestamp), not the time it is sent: with
+            # MinimumStatusDuration the two differ.
+            began_s = self.app.clock.wall_s() - (self.app.clock.monotonic_s() - due.since_s)
+            payload["timestamp"] = self.app.clock.iso8601(dt.datetime.fromtimestamp(began_s, dt.UTC))
         # A triggered message may go out while Pending (§4.2); others wait for Accepted.
         await self.app.try_call("StatusNotification", payload, allow_unregistered=triggered)
 
