@@ -107,7 +107,6 @@ class SmartChargingService:
             connector_phases={c.connector_id: c.phases for c in settings.connectors},
             connector_max_current_a={c.connector_id: c.max_current_a for c in settings.connectors},
         )
-        self.manager.add_listener(self.wake)
         self._wakes: dict[int, asyncio.Event] = {cid: asyncio.Event() for cid in self._connector_ids}
         self._enforced: dict[int, Enforced] = {}
         # The daemon starts offline: the fail-safe clock runs from start until the first Accepted.
@@ -116,6 +115,7 @@ class SmartChargingService:
         self._remote_holds: dict[int, float] = {}   # connector -> monotonic time of the hold
         self._subscribed_transactions = False
         self._clock_warned = False
+        self.manager.add_listener(self.wake)
 
         app.on("SetChargingProfile", self.on_set_charging_profile)
         app.on("ClearChargingProfile", self.on_clear_charging_profile)
@@ -125,6 +125,8 @@ class SmartChargingService:
         app.add_link_listener(self._on_link_state)
         app.registration.on_accepted(self._on_online)
         self._subscribe_transactions()
+        # Persisted profiles (errata 3.37) limit the connectors before anything else runs.
+        self.wake()
 
     # ------------------------------------------------------------------ transactions
 
@@ -139,6 +141,7 @@ class SmartChargingService:
         transactions = self.app.transactions
         if transactions is None:
             return None
+        self._subscribe_transactions()
         tx = transactions.active(connector_id)
         if tx is None:
             return None
@@ -315,6 +318,18 @@ class SmartChargingService:
             limit_a, source = float(self._failsafe_a), FAILSAFE_SOURCE
         return Enforced(limit_a, source, next_change)
 
+    def _evaluate_safely(self, connector_id: int) -> Enforced:
+        try:
+            return self.evaluate(connector_id)
+        except Exception:
+            # A bug must not lift a limit: keep the last one, lowered to the fail-safe if configured.
+            log.exception("connector %d: smart-charging evaluation failed", connector_id)
+            decision = self._enforced.get(connector_id) or Enforced(None, None, None)
+            failsafe_a = self._failsafe_a
+            if failsafe_a is not None and (decision.current_a is None or failsafe_a < decision.current_a):
+                decision = Enforced(float(failsafe_a), FAILSAFE_SOURCE, None)
+            return decision
+
     def _apply(self, connector_id: int, decision: Enforced) -> None:
         previous = self._enforced.get(connector_id)
         self._enforced[connector_id] = decision
@@ -338,8 +353,15 @@ class SmartChargingService:
     # ------------------------------------------------------------------ wake-ups
 
     def wake(self) -> None:
-        """Re-evaluate every connector now (profiles, transactions or the link changed)."""
-        for event in self._wakes.values():
+        """Re-evaluate every connector now (profiles, transactions or the link changed).
+
+        The new limit is handed to the controllers synchronously, inside the caller's
+        stack: a RemoteStartTransaction TxProfile installed by TransactionStarted is in
+        place before the controller may close the contactor, and a lowered limit never
+        waits for a task switch. The loops are woken to re-plan their sleep.
+        """
+        for cid, event in self._wakes.items():
+            self._apply(cid, self._evaluate_safely(cid))
             event.set()
 
     def _on_link_state(self, _state: str) -> None:
@@ -363,16 +385,21 @@ class SmartChargingService:
         wake = self._wakes[connector_id]
         while True:
             wake.clear()
-            try:
-                decision = self.evaluate(connector_id)
-            except Exception:
-                # A bug must not lift a limit: keep the last one, lowered to the fail-safe if configured.
-                log.exception("connector %d: smart-charging evaluation failed", connector_id)
-                decision = self._enforced.get(connector_id) or Enforced(None, None, None)
-                failsafe_a = self._failsafe_a
-                if failsafe_a is not None and (decision.current_a is None or failsafe_a < decision.current_a):
-                    decision = Enforced(float(failsafe_a), FAILSAFE_SOURCE, None)
+            decision = self._evaluate_safely(connector_id)
             self._apply(connector_id, decision)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._sleep_s(decision)):
-                    await wake.wait()
+            inputs = self._tick_inputs()
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._sleep_s(decision)):
+                        await wake.wait()
+                # A tick with nothing new (no wake-up, no clock step, no boundary, no
+                # fail-safe change) costs no evaluation: keeps an idle charger idle.
+                if wake.is_set() or self._tick_inputs() != inputs or self._boundary_reached(decision):
+                    break
+
+    def _tick_inputs(self) -> tuple[float | None, bool, bool]:
+        clock = self.app.clock
+        return clock.offset_s, clock.plausible, self.failsafe_active()
+
+    def _boundary_reached(self, decision: Enforced) -> bool:
+        return decision.next_change is not None and self.app.clock.wall_s() >= decision.next_change.timestamp()
