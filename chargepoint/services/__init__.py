@@ -23,4 +23,6 @@ def build_services(app: ChargePointApp) -> list[object]:
     app.auth = AuthorizationService(app)
     app.transactions = TransactionService(app)
     services += [app.auth, app.transactions]
+    from chargepoint.services.operations import build_operation_services  # Reset, ChangeAvailability, Unlock,
+    services += build_operation_services(app)  # DataTransfer, reservations, local list: after transactions
     return services
