@@ -131,16 +131,30 @@ async def test_tx_profile_during_a_transaction_sets_the_pilot_offer_5_16_3(tmp_p
     async with charger_env(tmp_path) as env:
         free_vend(env)
         async with running(env):
-            await plug_and_charge(env)
+            transaction_id = await plug_and_charge(env)
             entry = await wait_offer(env, CONNECTOR_MAX_A)
             assert entry["limit"] == {"current_a": None, "source": None}
 
-            assert await set_profile(env, 1, profile(12, "TxProfile", [(0, 10.0)], kind="Relative")) == "Accepted"
+            tx_profile = profile(12, "TxProfile", [(0, 10.0)], kind="Relative")
+            tx_profile["transactionId"] = transaction_id
+            assert await set_profile(env, 1, tx_profile) == "Accepted"
 
             entry = await wait_offer(env, 10.0)
             assert entry["pilot_duty_percent"] == duty_for(10.0)
             assert entry["limit"] == {"current_a": 10.0, "source": "TxProfile #12"}
             assert entry["status"] == "Charging"
+
+            # §7.12: a limit in W is total power: 5520 W / (230 V x 3 phases) = 8 A per phase.
+            assert await set_profile(env, 1, profile(12, "TxProfile", [(0, 5520.0)], kind="Relative",
+                                                     unit="W")) == "Accepted"
+            entry = await wait_offer(env, 8.0)
+            assert entry["pilot_duty_percent"] == duty_for(8.0)
+
+            # A TxProfile for another transaction is refused (§5.16.3) and changes nothing.
+            other = profile(13, "TxProfile", [(0, 6.0)], kind="Relative", stack=1)
+            other["transactionId"] = transaction_id + 1000
+            assert await set_profile(env, 1, other) == "Rejected"
+            assert (await connector(env))["offered_current_a"] == 8.0
         env.csms.assert_no_violations()
 
 
