@@ -229,3 +229,28 @@ async def test_clear_cache_accepted_and_empties_the_cache_5_4(tmp_path: Path) ->
             assert conf == {"status": "Accepted"}
             assert app.store.auth_cache.count() == 0
         env.csms.assert_no_violations()
+
+
+@pytest.mark.asyncio
+async def test_local_list_start_conflict_is_reported_on_connector_0_3_5_2(tmp_path: Path) -> None:
+    """LocalPreAuthorize with a listed card: started without Authorize.req (§9.1.13); the
+    StartTransaction.conf disagrees with the list -> StatusNotification(0, LocalListConflict)
+    (§3.5.2), and the transaction is stopped DeAuthorized (errata 3.17)."""
+    async with charger_env(tmp_path, LocalPreAuthorize=True, StopTransactionOnInvalidId=True) as env:
+        env.csms.start_status["LISTED"] = "Blocked"
+        async with env.app() as app:
+            await env.csms.wait_for("StatusNotification", lambda p: p["connectorId"] == 1, timeout_s=20)
+            assert app.store.local_list.apply("Full", 3, [{"idTag": "LISTED", "idTagInfo": {"status": "Accepted"}}],
+                                              100) == "Accepted"
+            await env.asim("sim.plug", connector=1)
+            await env.asim("sim.swipe", id_tag="LISTED", connector=1)
+            start = await env.csms.wait_for("StartTransaction", timeout_s=15)
+            conflict = await env.csms.wait_for(
+                "StatusNotification", lambda p: p["connectorId"] == 0 and p["errorCode"] == "LocalListConflict",
+                after_index=start.index, timeout_s=15)
+            assert conflict.payload["status"] == "Available"
+            stop = await env.csms.wait_for("StopTransaction", timeout_s=15)
+            assert stop.payload["reason"] == "DeAuthorized"
+            assert await authorize_count(env) == 0
+            assert app.store.auth_cache.get("LISTED") is None   # §3.5.3: listed tags are not cached
+        env.csms.assert_no_violations()
