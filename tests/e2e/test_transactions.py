@@ -234,6 +234,18 @@ async def test_start_conf_invalid_suspends_energy_when_not_stopping_errata_3_17(
     env.csms.assert_no_violations()
 
 
+async def test_max_energy_on_invalid_id_is_delivered_before_the_stop_9_1_14(tmp_path: Path) -> None:
+    async with charger_env(tmp_path, StopTransactionOnInvalidId=True, MaxEnergyOnInvalidId=10) as env, \
+            running(env):
+        env.csms.start_status["TAG12"] = "Invalid"
+        start = await plug_and_swipe(env, "TAG12")
+        await status_of(env, "Charging", after=start.index)
+        stop = await env.csms.wait_for("StopTransaction", timeout_s=WAIT_S)
+        assert stop.payload["reason"] == "DeAuthorized"
+        assert stop.payload["meterStop"] >= start.payload["meterStart"] + 10
+    env.csms.assert_no_violations()
+
+
 # --------------------------------------------------------------------------- EV side disconnect
 
 
