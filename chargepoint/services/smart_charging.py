@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -86,6 +87,15 @@ class Enforced:
     next_change: datetime | None       # when the profile limit next changes by the clock alone
 
 
+@dataclass(frozen=True)
+class _Hold:
+    """A RemoteStartTransaction profile waiting for its transaction (the manager holds the parsed one)."""
+
+    held_at_s: float                   # monotonic
+    group: int                         # one RemoteStartTransaction (held on several connectors without connectorId)
+    payload: dict[str, Any]
+
+
 class SmartChargingService:
     def __init__(self, app: ChargePointApp) -> None:
         self.app = app
@@ -112,7 +122,8 @@ class SmartChargingService:
         # The daemon starts offline: the fail-safe clock runs from start until the first Accepted.
         self._offline_since_s: float | None = app.clock.monotonic_s()
         self._tx_start_fallback: dict[Any, datetime] = {}
-        self._remote_holds: dict[int, float] = {}   # connector -> monotonic time of the hold
+        self._remote_holds: dict[int, _Hold] = {}   # connector -> RemoteStartTransaction profile held
+        self._hold_groups = 0
         self._subscribed_transactions = False
         self._clock_warned = False
         self.manager.add_listener(self.wake)
@@ -156,22 +167,43 @@ class SmartChargingService:
     def _on_transaction_event(self, event: Any) -> None:
         kind = type(event).__name__
         if kind == "TransactionStarted":
-            connector_id = int(event.connector_id)
-            held_at = self._remote_holds.pop(connector_id, None)
-            if held_at is not None and self.app.clock.monotonic_s() - held_at > self._remote_hold_s():
-                log.info("connector %d: RemoteStartTransaction profile held too long; not applied", connector_id)
-                self.manager.discard_remote_start_profile(connector_id)
-            # A profile held for "any connector" applies to this transaction only.
-            for other in [c for c in self._remote_holds if c != connector_id]:
-                self.manager.discard_remote_start_profile(other)
-                self._remote_holds.pop(other, None)
-            self.manager.on_transaction_started(connector_id)
+            self._on_transaction_started(int(event.connector_id))
         elif kind == "TransactionStopped":
             self._tx_start_fallback.pop(event.local_id, None)
             transaction_id = event.transaction_id if event.transaction_id is not None else 0
             self.manager.on_transaction_ended(int(event.connector_id), int(transaction_id))
         # TransactionConfirmed gives the transactionId a TxProfile may name: re-evaluate.
         self.wake()
+
+    def _on_transaction_started(self, connector_id: int) -> None:
+        """Install the RemoteStartTransaction profile held for this transaction, if any (errata 3.42)."""
+        transactions = self.app.transactions
+        tx = transactions.active(connector_id) if transactions is not None else None
+        remote = bool(getattr(tx, "remote", True))   # a service that does not say: assume it is
+        hold = self._remote_holds.pop(connector_id, None)
+        if hold is not None and (not remote or self._expired(hold)):
+            # A local start on a connector a remote start was waiting for: not its profile.
+            log.info("connector %d: RemoteStartTransaction profile not applied to this transaction", connector_id)
+            self.manager.discard_remote_start_profile(connector_id)
+            hold = None
+        if hold is None and remote:
+            # The remote authorization moved to the connector the EV was plugged into.
+            waiting = [c for c, h in self._remote_holds.items() if not self._expired(h)]
+            if waiting:
+                other = min(waiting, key=lambda c: self._remote_holds[c].held_at_s)
+                moved = self._remote_holds.pop(other)
+                self.manager.discard_remote_start_profile(other)
+                if self.manager.remote_start_profile(connector_id, moved.payload) == "Accepted":
+                    hold = moved
+        if hold is not None:
+            # A profile held for "any connector" applies to this transaction only.
+            for sibling in [c for c, h in self._remote_holds.items() if h.group == hold.group]:
+                del self._remote_holds[sibling]
+                self.manager.discard_remote_start_profile(sibling)
+        self.manager.on_transaction_started(connector_id)
+
+    def _expired(self, hold: _Hold) -> bool:
+        return self.app.clock.monotonic_s() - hold.held_at_s > self._remote_hold_s()
 
     def _remote_hold_s(self) -> float:
         try:
@@ -195,7 +227,8 @@ class SmartChargingService:
             targets = (connector_id,)
         if not targets:
             return False
-        now_s = self.app.clock.monotonic_s()
+        self._hold_groups += 1
+        hold = _Hold(self.app.clock.monotonic_s(), self._hold_groups, copy.deepcopy(profile_payload))
         accepted: list[int] = []
         for cid in targets:
             if self.manager.remote_start_profile(cid, profile_payload) != "Accepted":
@@ -204,7 +237,7 @@ class SmartChargingService:
                     self._remote_holds.pop(undo, None)
                 return False
             accepted.append(cid)
-            self._remote_holds[cid] = now_s
+            self._remote_holds[cid] = hold
         return True
 
     def discard_remote_start_profile(self, connector_id: int | None = None) -> None:
@@ -280,7 +313,7 @@ class SmartChargingService:
     def _wall_now(self) -> datetime | None:
         """Wall time to place ourselves in a schedule, or None when the clock cannot be believed."""
         clock = self.app.clock
-        if clock.synced or clock.plausible:
+        if clock.plausible:   # synced, or a system clock not before the build date (an RTC)
             return clock.now()
         if not self._clock_warned:
             log.warning("clock not set: charging profiles cannot be evaluated until it is")
@@ -331,11 +364,8 @@ class SmartChargingService:
             return decision
 
     def _apply(self, connector_id: int, decision: Enforced) -> None:
-        previous = self._enforced.get(connector_id)
+        # The controller logs the change (one line per event).
         self._enforced[connector_id] = decision
-        if previous is None or (previous.current_a, previous.source) != (decision.current_a, decision.source):
-            log.info("connector %d: smart-charging limit %s (%s)", connector_id,
-                     "none" if decision.current_a is None else f"{decision.current_a:g} A", decision.source)
         self.app.controllers[connector_id].set_limit_a(decision.current_a, decision.source)
 
     def _sleep_s(self, decision: Enforced) -> float:

@@ -405,3 +405,29 @@ async def test_unsynced_clock_uses_a_plausible_system_clock_and_an_implausible_o
             entry = await eventually(lambda: app_limit(env, 6.0), timeout_s=WAIT_S, message="fail-safe limit")
             assert entry["limit"]["source"] == "failsafe"
             assert not app.clock.plausible
+
+
+async def test_remote_start_profile_is_dropped_when_no_transaction_follows_and_a_later_one_is_unlimited_3_13_1(
+        tmp_path: Path) -> None:
+    async with charger_env(tmp_path, AuthorizeRemoteTxRequests=False, ConnectionTimeOut=1) as env:
+        async with running(env):
+            tx_profile = profile(23, "TxProfile", [(0, 8.0)], kind="Relative")
+            conf = await env.csms.call(CP_ID, "RemoteStartTransaction",
+                                       {"connectorId": 1, "idTag": "TAG1", "chargingProfile": tx_profile})
+            assert conf["status"] == "Accepted"
+            # No EV within ConnectionTimeOut: the remote start lapses (Preparing -> Available).
+            preparing = await env.csms.wait_for(
+                "StatusNotification", lambda p: p["connectorId"] == 1 and p["status"] == "Preparing",
+                timeout_s=WAIT_S)
+            await env.csms.wait_for(
+                "StatusNotification", lambda p: p["connectorId"] == 1 and p["status"] == "Available",
+                after_index=preparing.index + 1, timeout_s=WAIT_S)
+
+            # A later, local transaction is not bound by that profile.
+            await env.asim("sim.plug", connector=1)
+            await env.asim("sim.swipe", id_tag="TAG2", connector=1)
+            start = await env.csms.wait_for("StartTransaction", timeout_s=WAIT_S)
+            assert start.payload["idTag"] == "TAG2"
+            entry = await wait_offer(env, CONNECTOR_MAX_A)
+            assert entry["limit"] == {"current_a": None, "source": None}
+        env.csms.assert_no_violations()
