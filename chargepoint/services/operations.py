@@ -59,6 +59,7 @@ RESET_REASON_KEY = "reason"
 RESET_STOP_TIMEOUT_S = 10.0
 RESET_HARD_STOP_TIMEOUT_S = 3.0
 RESET_DELIVERY_TIMEOUT_S = 10.0
+RESET_HARD_DELIVERY_TIMEOUT_S = 3.0
 # UnlockConnector: how long the transaction stop and the controller's release may take.
 UNLOCK_STOP_TIMEOUT_S = 10.0
 UNLOCK_RELEASE_TIMEOUT_S = 5.0
@@ -188,11 +189,10 @@ class ResetService:
         hard = reset_type == "Hard"
         try:
             await self._stop_transactions(reason, RESET_HARD_STOP_TIMEOUT_S if hard else RESET_STOP_TIMEOUT_S)
-            if not hard:
-                # Soft (§5.14): send the StopTransactions before restarting when we can; the
-                # queue is durable, so what is not delivered in time goes after the reboot.
-                await _wait_until(lambda: not self.app.online or self.app.store.queue.pending_count() == 0,
-                                  RESET_DELIVERY_TIMEOUT_S)
+            # §5.14: send the StopTransactions before restarting when we can (a Hard reset waits
+            # less). The queue is durable: what is not delivered in time goes after the reboot.
+            await _wait_until(lambda: not self.app.online or self.app.store.queue.pending_count() == 0,
+                              RESET_HARD_DELIVERY_TIMEOUT_S if hard else RESET_DELIVERY_TIMEOUT_S)
         except Exception:
             log.exception("reset: stopping the transactions failed; restarting anyway")
         log.info("%s reset: restarting", reset_type)

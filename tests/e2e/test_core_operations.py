@@ -1,0 +1,315 @@
+"""Core operations end to end: Reset, ChangeAvailability, UnlockConnector, DataTransfer.
+
+The charger runs in-process (or as the real daemon for Reset) on the simulated board
+against the strict bundled central system; every test ends with `assert_no_violations()`.
+OCPP 1.6 §5.2 ChangeAvailability, §5.14 Reset (errata 3.36 / 3.82), §5.18 UnlockConnector
+(errata 3.87), §4.3 / §5.6 DataTransfer, §7.36 stop reasons.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chargepoint.app import ChargePointApp
+from chargepoint.csms.server import Received
+from tests.support.harness import CP_ID, ChargerEnv, charger_env, eventually
+
+pytestmark = pytest.mark.asyncio
+
+WAIT_S = 15.0
+TWO_CONNECTORS = [{"max_current_a": 32, "phases": 3}, {"max_current_a": 16, "phases": 1}]
+
+
+@contextlib.asynccontextmanager
+async def running(env: ChargerEnv, *, last_connector: int = 1) -> AsyncIterator[ChargePointApp]:
+    """The charger, registered, with its connectors reported (errata 3.22)."""
+    start = len(env.csms.received)
+    async with env.app() as app:
+        await env.csms.wait_for("StatusNotification", lambda p: p["connectorId"] == last_connector,
+                                after_index=start, timeout_s=20)
+        yield app
+
+
+def mark(env: ChargerEnv) -> int:
+    return len(env.csms.received)
+
+
+async def status_of(env: ChargerEnv, connector_id: int, status: str, *, after: int = 0) -> Received:
+    return await env.csms.wait_for(
+        "StatusNotification", lambda p: p["connectorId"] == connector_id and p["status"] == status,
+        after_index=after, timeout_s=WAIT_S)
+
+
+async def call(env: ChargerEnv, action: str, payload: dict[str, Any]) -> dict[str, Any]:
+    return await env.csms.call(CP_ID, action, payload, timeout_s=WAIT_S)
+
+
+async def start_transaction(env: ChargerEnv, id_tag: str = "TAG1", connector_id: int = 1) -> Received:
+    """Plug first, then the card: a confirmed transaction (the central system answered)."""
+    after = mark(env)
+    await env.asim("sim.plug", connector=connector_id)
+    await status_of(env, connector_id, "Preparing", after=after)
+    await env.asim("sim.swipe", id_tag=id_tag, connector=connector_id)
+    start = await env.csms.wait_for("StartTransaction", lambda p: p["idTag"] == id_tag, after_index=after,
+                                    timeout_s=WAIT_S)
+    await status_of(env, connector_id, "Charging", after=after)
+    return start
+
+
+def availability(app: ChargePointApp, connector_id: int) -> Any:
+    return app.store.kv_get("availability", str(connector_id), "Operative")
+
+
+# --------------------------------------------------------------------------- ChangeAvailability
+
+
+async def test_connector_inoperative_is_unavailable_refuses_starts_and_persists_5_2(tmp_path: Path) -> None:
+    """§5.2: Inoperative -> Accepted, StatusNotification Unavailable, no new transaction (RemoteStart
+    Rejected); the state persists across a restart; Operative -> Available again; the same
+    state twice is Accepted."""
+    async with charger_env(tmp_path) as env:
+        async with running(env) as app:
+            after = mark(env)
+            assert await call(env, "ChangeAvailability", {"connectorId": 1, "type": "Inoperative"}) == \
+                {"status": "Accepted"}
+            await status_of(env, 1, "Unavailable", after=after)
+            assert availability(app, 1) == "Inoperative"
+            assert app.availability.is_operative(1) is False
+            assert (await env.astatus())["connectors"][0]["availability"] == "Inoperative"
+            assert await call(env, "ChangeAvailability", {"connectorId": 1, "type": "Inoperative"}) == \
+                {"status": "Accepted"}    # already in the requested state
+            assert await call(env, "RemoteStartTransaction", {"idTag": "TAG1", "connectorId": 1}) == \
+                {"status": "Rejected"}
+
+        # A reboot keeps it (§5.2 "Persistent states").
+        after = mark(env)
+        async with running(env) as app:
+            first = await env.csms.wait_for("StatusNotification", lambda p: p["connectorId"] == 1,
+                                            after_index=after, timeout_s=WAIT_S)
+            assert first.payload["status"] == "Unavailable"
+            after = mark(env)
+            assert await call(env, "ChangeAvailability", {"connectorId": 1, "type": "Operative"}) == \
+                {"status": "Accepted"}
+            await status_of(env, 1, "Available", after=after)
+            assert app.availability.is_operative(1) is True
+    env.csms.assert_no_violations()
+
+
+async def test_connector_0_changes_the_charge_point_and_every_connector_5_2(tmp_path: Path) -> None:
+    """§5.2: connectorId 0 applies to the charge point and all its connectors; each reports
+    Unavailable, connector 0 included; Operative brings them all back."""
+    async with charger_env(tmp_path) as env:
+        env.doc["connector"] = TWO_CONNECTORS
+        async with running(env, last_connector=2) as app:
+            after = mark(env)
+            assert await call(env, "ChangeAvailability", {"connectorId": 0, "type": "Inoperative"}) == \
+                {"status": "Accepted"}
+            for cid in (0, 1, 2):
+                await status_of(env, cid, "Unavailable", after=after)
+            assert [availability(app, cid) for cid in (0, 1, 2)] == ["Inoperative"] * 3
+            # A triggered report of connector 0 agrees (core reads the same persisted state).
+            after = mark(env)
+            assert await call(env, "TriggerMessage", {"requestedMessage": "StatusNotification",
+                                                      "connectorId": 0}) == {"status": "Accepted"}
+            await status_of(env, 0, "Unavailable", after=after)
+
+            after = mark(env)
+            assert await call(env, "ChangeAvailability", {"connectorId": 0, "type": "Operative"}) == \
+                {"status": "Accepted"}
+            for cid in (0, 1, 2):
+                await status_of(env, cid, "Available", after=after)
+    env.csms.assert_no_violations()
+
+
+async def test_unknown_connector_is_rejected_5_2(tmp_path: Path) -> None:
+    async with charger_env(tmp_path) as env, running(env) as app:
+        assert await call(env, "ChangeAvailability", {"connectorId": 2, "type": "Inoperative"}) == \
+            {"status": "Rejected"}
+        assert availability(app, 2) == "Operative" and app.availability.is_operative(1)
+    env.csms.assert_no_violations()
+
+
+async def test_inoperative_during_a_transaction_is_scheduled_until_it_ends_5_2(tmp_path: Path) -> None:
+    """§5.2: with a transaction in progress the answer is Scheduled; the transaction goes on, and
+    the connector becomes Unavailable once it has ended (here: the card stops it)."""
+    async with charger_env(tmp_path) as env, running(env) as app:
+        await start_transaction(env)
+        after = mark(env)
+        assert await call(env, "ChangeAvailability", {"connectorId": 1, "type": "Inoperative"}) == \
+            {"status": "Scheduled"}
+        assert app.transactions.active(1) is not None
+        assert (await env.astatus())["connectors"][0]["availability_scheduled"] == "Inoperative"
+        assert availability(app, 1) == "Operative"
+        await env.asim("sim.swipe", id_tag="TAG1", connector=1)
+        stop = await env.csms.wait_for("StopTransaction", after_index=after, timeout_s=WAIT_S)
+        unavailable = await status_of(env, 1, "Unavailable", after=stop.index)
+        assert unavailable.index > stop.index
+        assert availability(app, 1) == "Inoperative"
+        assert app.availability.scheduled() == {}
+    env.csms.assert_no_violations()
+
+
+async def test_operative_cancels_a_scheduled_inoperative_5_2(tmp_path: Path) -> None:
+    async with charger_env(tmp_path) as env, running(env) as app:
+        await start_transaction(env)
+        assert await call(env, "ChangeAvailability", {"connectorId": 0, "type": "Inoperative"}) == \
+            {"status": "Scheduled"}
+        assert set(app.availability.scheduled()) == {0, 1}
+        assert await call(env, "ChangeAvailability", {"connectorId": 0, "type": "Operative"}) == \
+            {"status": "Accepted"}
+        assert app.availability.scheduled() == {}
+        after = mark(env)
+        await env.asim("sim.swipe", id_tag="TAG1", connector=1)
+        stop = await env.csms.wait_for("StopTransaction", after_index=after, timeout_s=WAIT_S)
+        await status_of(env, 1, "Finishing", after=stop.index)
+        assert app.availability.is_operative(1) and availability(app, 0) == "Operative"
+    env.csms.assert_no_violations()
+
+
+async def test_scheduled_change_survives_a_restart_5_2(tmp_path: Path) -> None:
+    """The promise of a Scheduled answer is kept across a restart: the interrupted transaction
+    is ended at boot (PowerLoss) and the connector comes up Unavailable."""
+    async with charger_env(tmp_path) as env:
+        async with running(env):
+            await start_transaction(env)
+            assert await call(env, "ChangeAvailability", {"connectorId": 1, "type": "Inoperative"}) == \
+                {"status": "Scheduled"}
+        after = mark(env)
+        async with running(env) as app:
+            stop = await env.csms.wait_for("StopTransaction", after_index=after, timeout_s=WAIT_S)
+            assert stop.payload["reason"] == "PowerLoss"
+            await status_of(env, 1, "Unavailable", after=after)
+            await eventually(lambda: availability(app, 1) == "Inoperative", timeout_s=WAIT_S)
+    env.csms.assert_no_violations()
+
+
+# --------------------------------------------------------------------------- Reset
+
+
+async def test_soft_reset_stops_the_transaction_with_soft_reset_then_restarts_5_14(tmp_path: Path) -> None:
+    """§5.14 / errata 3.36: Accepted; StopTransaction (reason SoftReset) before the restart;
+    then the daemon asks to be re-executed."""
+    async with charger_env(tmp_path) as env, running(env) as app:
+        start = await start_transaction(env)
+        assert await call(env, "Reset", {"type": "Soft"}) == {"status": "Accepted"}
+        stop = await env.csms.wait_for("StopTransaction", after_index=start.index, timeout_s=WAIT_S)
+        assert stop.payload["reason"] == "SoftReset"
+        assert stop.payload["transactionId"] == start.response["transactionId"]  # type: ignore[index]
+        await eventually(lambda: app.restart_requested, timeout_s=WAIT_S, message="restart requested")
+        assert app.store.queue.pending_count() == 0   # delivered before restarting
+        assert (await env.astatus())["reset"] == "Soft"
+    env.csms.assert_no_violations()
+
+
+@pytest.mark.slow
+async def test_hard_reset_restarts_the_daemon_and_the_stop_is_delivered_once_5_14(tmp_path: Path) -> None:
+    """§5.14 / errata 3.82: the real daemon re-executes itself (same process id) and registers
+    again; the transaction ends with one StopTransaction (the central system flags a second),
+    reason HardReset."""
+    async with charger_env(tmp_path, ConnectionTimeOut=30) as env:
+        with env.daemon() as proc:
+            await env.csms.wait_for("StatusNotification", lambda p: p["connectorId"] == 1, timeout_s=30)
+            assert proc.proc is not None
+            pid = proc.proc.pid
+            start = await start_transaction(env)
+            boots = len(env.csms.received_of("BootNotification"))
+            assert await call(env, "Reset", {"type": "Hard"}) == {"status": "Accepted"}
+            await eventually(lambda: len(env.csms.received_of("BootNotification")) > boots, timeout_s=40,
+                             message="BootNotification after the reset")
+            assert proc.proc.poll() is None and proc.proc.pid == pid   # re-executed in place
+            stop = await env.csms.wait_for("StopTransaction", after_index=start.index, timeout_s=WAIT_S)
+            assert stop.payload["reason"] == "HardReset"
+            # Back in service: the EV still plugged, no transaction.
+            await status_of(env, 1, "Preparing", after=stop.index)
+            status = await eventually(lambda: _daemon_status(env), timeout_s=WAIT_S)
+            assert status["registration"] == "Accepted" and "reset" not in status
+            assert status["connectors"][0]["transaction_id"] is None
+    env.csms.assert_no_violations()
+
+
+def _daemon_status(env: ChargerEnv) -> dict[str, Any] | None:
+    try:
+        return env.status()
+    except OSError:
+        return None
+
+
+# --------------------------------------------------------------------------- UnlockConnector
+
+
+async def test_unlock_without_transaction_and_unknown_connector_5_18_errata_3_87(tmp_path: Path) -> None:
+    async with charger_env(tmp_path) as env, running(env) as app:
+        assert await call(env, "UnlockConnector", {"connectorId": 1}) == {"status": "Unlocked"}
+        assert await call(env, "UnlockConnector", {"connectorId": 2}) == {"status": "NotSupported"}
+        assert app.board.connector(1).lock.is_locked() is False
+    env.csms.assert_no_violations()
+
+
+async def test_unlock_stops_the_transaction_first_with_unlock_command_5_18(tmp_path: Path) -> None:
+    """§5.18: a transaction on the connector is finished first (StopTransaction reason
+    UnlockCommand, §7.36), then the cable is released: Unlocked."""
+    async with charger_env(tmp_path) as env, running(env) as app:
+        start = await start_transaction(env)
+        assert app.board.connector(1).lock.is_locked() is True
+        assert await call(env, "UnlockConnector", {"connectorId": 1}) == {"status": "Unlocked"}
+        assert app.transactions.active(1) is None
+        assert app.board.connector(1).lock.is_locked() is False
+        stop = await env.csms.wait_for("StopTransaction", after_index=start.index, timeout_s=WAIT_S)
+        assert stop.payload["reason"] == "UnlockCommand"
+        await status_of(env, 1, "Finishing", after=stop.index)
+    env.csms.assert_no_violations()
+
+
+async def test_unlock_failure_is_reported_unlock_failed_7_46(tmp_path: Path) -> None:
+    """errata 3.87: UnlockFailed when the lock's feedback says it is still locked."""
+    async with charger_env(tmp_path) as env, running(env) as app:
+        await start_transaction(env)
+        await env.asim("sim.fault", connector=1, kind="lock_failure")
+        assert await call(env, "UnlockConnector", {"connectorId": 1}) == {"status": "UnlockFailed"}
+        assert app.board.connector(1).lock.is_locked() is True
+        assert app.transactions.active(1) is None
+        # Repaired: the next attempt succeeds.
+        await env.asim("sim.clear", connector=1)
+        assert await call(env, "UnlockConnector", {"connectorId": 1}) == {"status": "Unlocked"}
+    env.csms.assert_no_violations()
+
+
+# --------------------------------------------------------------------------- DataTransfer
+
+
+async def test_data_transfer_vendor_registry_4_3(tmp_path: Path) -> None:
+    """§4.3: unknown vendorId -> UnknownVendorId without data; a known vendor with an unknown
+    messageId -> UnknownMessageId; vendorId is case-insensitive; a registered handler answers."""
+    async with charger_env(tmp_path) as env, running(env) as app:
+        assert await call(env, "DataTransfer", {"vendorId": "com.example", "data": "x"}) == \
+            {"status": "UnknownVendorId"}
+        assert await call(env, "DataTransfer", {"vendorId": "ORG.chargepoint", "messageId": "Ping"}) == \
+            {"status": "Accepted", "data": "Pong"}
+        assert await call(env, "DataTransfer", {"vendorId": "org.chargepoint", "messageId": "Nope"}) == \
+            {"status": "UnknownMessageId"}
+
+        async def handler(message_id: str | None, data: str | None) -> tuple[str, str | None]:
+            return ("Accepted", f"{message_id}:{data}") if message_id == "Echo" else ("Rejected", None)
+
+        app.data_transfer.register("com.example", handler)
+        assert await call(env, "DataTransfer", {"vendorId": "com.example", "messageId": "Echo", "data": "hi"}) == \
+            {"status": "Accepted", "data": "Echo:hi"}
+        assert await call(env, "DataTransfer", {"vendorId": "com.example", "messageId": "Other"}) == \
+            {"status": "Rejected"}
+    env.csms.assert_no_violations()
+
+
+async def test_data_transfer_to_the_central_system_4_3(tmp_path: Path) -> None:
+    async with charger_env(tmp_path) as env, running(env) as app:
+        assert await app.data_transfer.send("org.chargepoint", "Hello", "42") == {"status": "UnknownVendorId"}
+        env.csms.data_transfer_status = "Accepted"
+        assert await app.data_transfer.send("org.chargepoint") == {"status": "Accepted"}
+        sent = env.csms.received_of("DataTransfer")
+        assert [r.payload for r in sent] == [{"vendorId": "org.chargepoint", "messageId": "Hello", "data": "42"},
+                                             {"vendorId": "org.chargepoint"}]
+    env.csms.assert_no_violations()
