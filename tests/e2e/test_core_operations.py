@@ -17,6 +17,7 @@ import pytest
 
 from chargepoint.app import ChargePointApp
 from chargepoint.csms.server import Received
+from chargepoint.services.operations import AvailabilityService, DataTransferService
 from tests.support.harness import CP_ID, ChargerEnv, charger_env, eventually
 
 pytestmark = pytest.mark.asyncio
@@ -61,6 +62,16 @@ async def start_transaction(env: ChargerEnv, id_tag: str = "TAG1", connector_id:
     return start
 
 
+def avail(app: ChargePointApp) -> AvailabilityService:
+    service: AvailabilityService = app.service(AvailabilityService)
+    return service
+
+
+def data_transfer(app: ChargePointApp) -> DataTransferService:
+    service: DataTransferService = app.service(DataTransferService)
+    return service
+
+
 def availability(app: ChargePointApp, connector_id: int) -> Any:
     return app.store.kv_get("availability", str(connector_id), "Operative")
 
@@ -79,7 +90,7 @@ async def test_connector_inoperative_is_unavailable_refuses_starts_and_persists_
                 {"status": "Accepted"}
             await status_of(env, 1, "Unavailable", after=after)
             assert availability(app, 1) == "Inoperative"
-            assert app.availability.is_operative(1) is False
+            assert avail(app).is_operative(1) is False
             assert (await env.astatus())["connectors"][0]["availability"] == "Inoperative"
             assert await call(env, "ChangeAvailability", {"connectorId": 1, "type": "Inoperative"}) == \
                 {"status": "Accepted"}    # already in the requested state
@@ -96,7 +107,7 @@ async def test_connector_inoperative_is_unavailable_refuses_starts_and_persists_
             assert await call(env, "ChangeAvailability", {"connectorId": 1, "type": "Operative"}) == \
                 {"status": "Accepted"}
             await status_of(env, 1, "Available", after=after)
-            assert app.availability.is_operative(1) is True
+            assert avail(app).is_operative(1) is True
     env.csms.assert_no_violations()
 
 
@@ -130,7 +141,7 @@ async def test_unknown_connector_is_rejected_5_2(tmp_path: Path) -> None:
     async with charger_env(tmp_path) as env, running(env) as app:
         assert await call(env, "ChangeAvailability", {"connectorId": 2, "type": "Inoperative"}) == \
             {"status": "Rejected"}
-        assert availability(app, 2) == "Operative" and app.availability.is_operative(1)
+        assert availability(app, 2) == "Operative" and avail(app).is_operative(1)
     env.csms.assert_no_violations()
 
 
@@ -150,7 +161,7 @@ async def test_inoperative_during_a_transaction_is_scheduled_until_it_ends_5_2(t
         unavailable = await status_of(env, 1, "Unavailable", after=stop.index)
         assert unavailable.index > stop.index
         assert availability(app, 1) == "Inoperative"
-        assert app.availability.scheduled() == {}
+        assert avail(app).scheduled() == {}
     env.csms.assert_no_violations()
 
 
@@ -159,15 +170,15 @@ async def test_operative_cancels_a_scheduled_inoperative_5_2(tmp_path: Path) -> 
         await start_transaction(env)
         assert await call(env, "ChangeAvailability", {"connectorId": 0, "type": "Inoperative"}) == \
             {"status": "Scheduled"}
-        assert set(app.availability.scheduled()) == {0, 1}
+        assert set(avail(app).scheduled()) == {0, 1}
         assert await call(env, "ChangeAvailability", {"connectorId": 0, "type": "Operative"}) == \
             {"status": "Accepted"}
-        assert app.availability.scheduled() == {}
+        assert avail(app).scheduled() == {}
         after = mark(env)
         await env.asim("sim.swipe", id_tag="TAG1", connector=1)
         stop = await env.csms.wait_for("StopTransaction", after_index=after, timeout_s=WAIT_S)
         await status_of(env, 1, "Finishing", after=stop.index)
-        assert app.availability.is_operative(1) and availability(app, 0) == "Operative"
+        assert avail(app).is_operative(1) and availability(app, 0) == "Operative"
     env.csms.assert_no_violations()
 
 
@@ -296,7 +307,7 @@ async def test_data_transfer_vendor_registry_4_3(tmp_path: Path) -> None:
         async def handler(message_id: str | None, data: str | None) -> tuple[str, str | None]:
             return ("Accepted", f"{message_id}:{data}") if message_id == "Echo" else ("Rejected", None)
 
-        app.data_transfer.register("com.example", handler)
+        data_transfer(app).register("com.example", handler)
         assert await call(env, "DataTransfer", {"vendorId": "com.example", "messageId": "Echo", "data": "hi"}) == \
             {"status": "Accepted", "data": "Echo:hi"}
         assert await call(env, "DataTransfer", {"vendorId": "com.example", "messageId": "Other"}) == \
@@ -306,9 +317,9 @@ async def test_data_transfer_vendor_registry_4_3(tmp_path: Path) -> None:
 
 async def test_data_transfer_to_the_central_system_4_3(tmp_path: Path) -> None:
     async with charger_env(tmp_path) as env, running(env) as app:
-        assert await app.data_transfer.send("org.chargepoint", "Hello", "42") == {"status": "UnknownVendorId"}
+        assert await data_transfer(app).send("org.chargepoint", "Hello", "42") == {"status": "UnknownVendorId"}
         env.csms.data_transfer_status = "Accepted"
-        assert await app.data_transfer.send("org.chargepoint") == {"status": "Accepted"}
+        assert await data_transfer(app).send("org.chargepoint") == {"status": "Accepted"}
         sent = env.csms.received_of("DataTransfer")
         assert [r.payload for r in sent] == [{"vendorId": "org.chargepoint", "messageId": "Hello", "data": "42"},
                                              {"vendorId": "org.chargepoint"}]
