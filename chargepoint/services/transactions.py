@@ -31,9 +31,10 @@ How a transaction starts
 - A connector can start when it has no transaction, is Operative (kv
   "availability" of the connector and of connector 0), is not Faulted, and is
   not Reserved for another idTag (app.reservations / app.reservation, when
-  present: `reservation_for(connector_id, id_tag) -> reservation_id | None`;
-  the reservation is `consume(reservation_id)`d when the idTag is accepted
-  (§4.9 G2) and its id goes into StartTransaction.req, §4.8).
+  present: `reservation_for(connector_id, id_tag) -> reservation_id | None` and
+  `blocks(connector_id, id_tag) -> bool`; the reservation is
+  `consume(reservation_id)`d when the idTag is accepted (§4.9 G2) and its id
+  goes into StartTransaction.req, §4.8).
 - Plug first without any card keeps the connector Preparing: no B6 time-out
   (errata 3.20 MAY), because the platform starts transactions remotely later.
 
@@ -64,7 +65,8 @@ construction (before the link starts, so before anything is sent), every
 transaction in the store whose stop was not queued is ended with a
 StopTransaction.req: reason PowerLoss, or the reset reason if kv ("reset",
 "reason") records that a Reset was in progress (SoftReset / HardReset / Reboot;
-the flag is cleared afterwards), with its last persisted meter value and time.
+the Reset service, which owns the flag, clears it once the restarted daemon
+runs), with its last persisted meter value and time.
 `mark_stop_queued` makes this idempotent: never a second stop. Transactions are
 not resumed: a connector that had one shows Finishing if the EV is still
 plugged (the user re-identifies, §4.9 F2); with free vend a new transaction
@@ -303,8 +305,6 @@ class TransactionService:
                             rec.connector_id, reason, meter_stop_wh)
             if rec.connector_id in self.app.controllers:
                 self._recovered.add(rec.connector_id)
-        if recorded is not None:
-            store.kv_delete(*RESET_KV)
         if not self.app.settings.authorization.free_vend_id_tag:
             # The session ended without the user: Finishing while the EV is still plugged
             # (cleared after the controller's first step if it is not).
@@ -436,11 +436,13 @@ class TransactionService:
         reservation_id = None
         if svc is not None and hasattr(svc, "reservation_for"):
             reservation_id = svc.reservation_for(cid, id_tag)
+        if reservation_id is not None:
+            return True, reservation_id
+        if svc is not None and hasattr(svc, "blocks"):
+            # Also counts connector-0 reservations that need this connector (§5.13).
+            return not svc.blocks(cid, id_tag), None
         status = self.app.controllers[cid].status
-        reserved = status is not None and str(status.status) == "Reserved"
-        if reserved and reservation_id is None:
-            return False, None
-        return True, reservation_id
+        return not (status is not None and str(status.status) == "Reserved"), None
 
     def _operative(self, cid: int) -> bool:
         store = self.app.store
