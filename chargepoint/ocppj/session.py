@@ -290,8 +290,10 @@ class Session:
                 text = frames.encode_result(message_id, payload)
             except OcppError as exc:
                 self._log.info("CALL %s %s answered %s: %s", action, message_id, exc.error_code, exc.description)
-                text = frames.encode_error(message_id, exc.error_code, exc.description, exc.details)
-                after_sent = None
+                try:
+                    text = frames.encode_error(message_id, exc.error_code, exc.description, exc.details)
+                except (TypeError, ValueError):  # details that are not JSON: drop them, keep the code
+                    text = frames.encode_error(message_id, exc.error_code, exc.description)
             except Exception:
                 # Our bug: full traceback in the log, nothing of it on the wire (§4.2.3 InternalError).
                 self._log.exception("handler for %s %s failed", action, message_id)
