@@ -458,8 +458,12 @@ class MeteringService:
             if interval_s <= 0:
                 continue
             if state.interval_s != interval_s:
+                # The first sample is one interval after the start; after a change of the
+                # interval, the next point of the new grid (no immediate extra sample).
+                first = state.interval_s == 0
                 state.interval_s = interval_s
-                state.due_s = next_periodic_s(state.anchor_s, interval_s, now_s)
+                state.due_s = state.anchor_s + interval_s if first else next_periodic_s(state.anchor_s, interval_s,
+                                                                                         now_s)
             if now_s >= state.due_s:
                 self._take_periodic(tx)
                 # A late wake-up skips the missed samples rather than sending a burst.
