@@ -42,6 +42,11 @@ class OcppError(Exception):
         self.details: dict[str, Any] = dict(details or {})
 
 
+class NoReply(Exception):
+    """Raised by a handler to send nothing at all: OCPP 1.6 §4.2, "While Rejected, the
+    Charge Point SHALL NOT respond to any Central System initiated message"."""
+
+
 class CallFailed(Exception):
     """Base of everything `Session.call()` raises when no valid CALLRESULT came back."""
 
@@ -288,6 +293,9 @@ class Session:
                 if self.validate_outbound:
                     schemas.validate_response(action, payload)
                 text = frames.encode_result(message_id, payload)
+            except NoReply:
+                self._log.info("CALL %s %s: not answered (handler said so)", action, message_id)
+                return
             except OcppError as exc:
                 self._log.info("CALL %s %s answered %s: %s", action, message_id, exc.error_code, exc.description)
                 try:

@@ -13,6 +13,7 @@ from chargepoint.ocppj.schemas import SchemaViolation
 from chargepoint.ocppj.session import (
     CallErrorReceived,
     CallTimeout,
+    NoReply,
     NotConnected,
     OcppError,
     Reply,
@@ -522,3 +523,21 @@ async def test_ocpp_error_with_unencodable_details_still_answers_its_code() -> N
     session, wire = make({"Reset": reset})
     reply = await call_error_for(session, wire, [2, "m1", "Reset", {"type": "Soft"}])
     assert reply == [4, "m1", "GenericError", "busy", {}]
+
+
+async def test_handler_raising_no_reply_sends_nothing_ocpp16_4_2_rejected() -> None:
+    async def reset(payload: dict[str, Any]) -> dict[str, Any]:
+        raise NoReply()
+
+    async def clear_cache(payload: dict[str, Any]) -> dict[str, Any]:
+        return {"status": "Accepted"}
+
+    session, wire = make({"Reset": reset, "ClearCache": clear_cache})
+    await feed(session, '[2,"m1","Reset",{"type":"Soft"}]')
+    await feed(session, '[2,"m2","ClearCache",{}]')
+    assert await wire.next() == [3, "m2", {"status": "Accepted"}]
+    await wire.settle()
+    assert wire.sent == [[3, "m2", {"status": "Accepted"}]]
+    # The id is free again: the handler is finished.
+    await feed(session, '[2,"m1","ClearCache",{}]')
+    assert await wire.next() == [3, "m1", {"status": "Accepted"}]
