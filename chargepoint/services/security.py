@@ -374,6 +374,7 @@ class SecurityService:
         self._log_task: asyncio.Task[None] | None = None
         self._log_request_id: int | None = None       # the GetLog upload in progress
         self._seen_sync = app.clock.last_sync
+        self._seen_step = app.clock.last_step_s
         self._renewal_requested_s: float | None = None
         self._create_log_table()
         app.security_events = self.record
@@ -490,14 +491,17 @@ class SecurityService:
             await asyncio.sleep(WATCH_INTERVAL_S)
 
     def _check_clock_step(self) -> None:
+        """SettingSystemTime when NTP stepped the system clock since the last look. The clock
+        has no step callback: a step shows as a new `last_step_s`, or (the same step size
+        again) as a new sync that left the offset at exactly 0 (Clock.apply_offset(stepped=True))."""
         clock = self.app.clock
-        if clock.last_sync is None or clock.last_sync == self._seen_sync:
-            return
-        self._seen_sync = clock.last_sync
-        # A stepped sync leaves the offset at exactly 0 (Clock.apply_offset(stepped=True)).
-        if clock.last_step_s is not None and clock.offset_s == 0.0:
-            self.record("SettingSystemTime",
-                        f"system clock stepped by {clock.last_step_s:+.3f} s ({clock.sync_source})")
+        step_s, sync = clock.last_step_s, clock.last_sync
+        new_step = step_s is not None and step_s != self._seen_step
+        new_stepped_sync = (sync is not None and sync != self._seen_sync and step_s is not None
+                            and clock.offset_s == 0.0)
+        self._seen_step, self._seen_sync = step_s, sync
+        if new_step or new_stepped_sync:
+            self.record("SettingSystemTime", f"system clock stepped by {step_s:+.3f} s (ntp)")
 
     def _check_certificate_renewal(self) -> None:
         """A03.FR.02: renew our client certificate one month before it expires."""
