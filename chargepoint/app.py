@@ -37,6 +37,8 @@ ControlHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]] | dict[str
 
 # Restart after this long when a service's run() crashed (never a busy loop).
 SERVICE_RESTART_DELAY_S = 5.0
+# How long a clean stop waits for services to finish (e.g. deliver a StopTransaction).
+SHUTDOWN_GRACE_S = 5.0
 
 
 class Service(Protocol):
@@ -65,6 +67,7 @@ class ChargePointApp:
         self._stop_requested = asyncio.Event()
         self.exit_code = 0
         self.restart_requested = False
+        self._power_cut = False
         self._tasks: list[asyncio.Task[None]] = []
         self._services: list[object] = []
         self._status_contributors: list[StatusContributor] = []
@@ -286,8 +289,23 @@ class ChargePointApp:
     async def wait_stopped(self) -> None:
         await self._stop_requested.wait()
 
+    def simulate_power_cut(self) -> None:
+        """Tests: make the next stop() skip the services' shutdown, as a power cut would
+        (the store is still closed cleanly; SQLite's durability is tested with real kills)."""
+        self._power_cut = True
+
     async def stop(self) -> None:
-        """Stop cleanly: the relay opens, nothing half-written, the socket removed."""
+        """Stop cleanly: services end their work (transactions are stopped, their messages
+        queued durably and given a moment to reach the central system), the relay opens,
+        nothing half-written, the socket removed."""
+        for svc in [] if self._power_cut else self._services:
+            shutdown = getattr(svc, "shutdown", None)
+            if shutdown is None:
+                continue
+            try:
+                await asyncio.wait_for(shutdown(), timeout=SHUTDOWN_GRACE_S)
+            except Exception:
+                log.exception("%s: shutdown failed", type(svc).__name__)
         for controller in self.controllers.values():
             with contextlib.suppress(Exception):
                 controller.safe_stop()

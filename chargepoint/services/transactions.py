@@ -110,6 +110,8 @@ RESET_REASONS = frozenset({"SoftReset", "HardReset", "Reboot"})
 REASONS = frozenset({"DeAuthorized", "EmergencyStop", "EVDisconnected", "HardReset", "Local", "Other", "PowerLoss",
                      "Reboot", "Remote", "SoftReset", "UnlockCommand"})
 RESET_KV = ("reset", "reason")
+# A clean stop waits at most this long for queued messages to reach the central system.
+SHUTDOWN_DELIVERY_S = 3.0
 
 PERSIST_INTERVAL_S = 5.0   # last meter value for a PowerLoss stop (flash writes vs lost Wh)
 TICK_S = 0.5               # ConnectionTimeOut, MaxEnergyOnInvalidId and persistence checks
@@ -288,6 +290,19 @@ class TransactionService:
         if parent_id_tag:
             info["parentIdTag"] = parent_id_tag
         return await self._start(connector_id, id_tag, info, reservation_id=reservation_id)
+
+    async def shutdown(self) -> None:
+        """A clean stop (SIGTERM, Reset): end what is running with reason Reboot (a Reset has
+        already stopped its transactions with SoftReset/HardReset), and give the queue a few
+        seconds to deliver; whatever is not delivered stays queued for the next start."""
+        if self._active:
+            log.info("stopping %d transaction(s): the daemon is shutting down", len(self._active))
+            await self.stop_all("Reboot")
+        deadline_s = self.app.clock.monotonic_s() + SHUTDOWN_DELIVERY_S
+        # The count lives in SQLite: a short, bounded poll.
+        while (self.app.online and self.app.store.queue.pending_count() > 0  # noqa: ASYNC110
+               and self.app.clock.monotonic_s() < deadline_s):
+            await asyncio.sleep(0.05)
 
     # ----------------------------------------------------------------- power-loss recovery
 

@@ -186,10 +186,11 @@ async def test_scheduled_change_survives_a_restart_5_2(tmp_path: Path) -> None:
     """The promise of a Scheduled answer is kept across a restart: the interrupted transaction
     is ended at boot (PowerLoss) and the connector comes up Unavailable."""
     async with charger_env(tmp_path) as env:
-        async with running(env):
+        async with running(env) as app:
             await start_transaction(env)
             assert await call(env, "ChangeAvailability", {"connectorId": 1, "type": "Inoperative"}) == \
                 {"status": "Scheduled"}
+            app.simulate_power_cut()
         after = mark(env)
         async with running(env) as app:
             stop = await env.csms.wait_for("StopTransaction", after_index=after, timeout_s=WAIT_S)

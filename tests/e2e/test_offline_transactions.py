@@ -177,6 +177,7 @@ async def test_reset_in_progress_at_the_power_cut_is_the_stop_reason(tmp_path: P
             start = await env.csms.wait_for("StartTransaction", timeout_s=WAIT_S)
             await eventually(lambda: app.store.queue.pending_count() == 0, message="start confirmed")
             app.store.kv_put("reset", "reason", "HardReset")
+            app.simulate_power_cut()
         # The process ended with the transaction open, as a power cut in the middle of the reset.
         back = len(env.csms.received)
         async with env.app() as app:
