@@ -20,7 +20,7 @@ from chargepoint.clock import Clock
 from chargepoint.config import Settings, check_state_dir
 from chargepoint.control import ControlServer
 from chargepoint.evse.controller import ConnectorController, ConnectorEvent
-from chargepoint.ocppj.session import CallErrorReceived, CallTimeout, NotConnected, OcppError, Reply, Session
+from chargepoint.ocppj.session import CallErrorReceived, CallTimeout, NoReply, NotConnected, Reply, Session
 from chargepoint.services.configuration import ConfigurationStore, default_key_table
 from chargepoint.services.registration import RegistrationService
 from chargepoint.store.db import Store
@@ -389,11 +389,8 @@ class ChargePointApp:
         return result
 
 
-class _Silent(OcppError):
+class _Silent(NoReply):
     """Raised by a gated handler to send nothing at all (registration Rejected)."""
-
-    def __init__(self) -> None:
-        super().__init__("GenericError", "rejected: not answering")
 
 
 _PROCESS_START_S = time.monotonic()

@@ -40,6 +40,7 @@ async def test_sigterm_stops_the_transaction_with_reason_reboot_and_exits_0(tmp_
             await asyncio.to_thread(proc.wait_socket, env.socket_path)
             await env.csms.wait_for("BootNotification", after_index=index, timeout_s=30)
             again = await env.csms.wait_for("StartTransaction", after_index=index, timeout_s=30)
+            await asyncio.to_thread(proc.terminate)
             assert again.response["transactionId"] != start.response["transactionId"]  # type: ignore[index]
         stopped = [r.payload["transactionId"] for r in env.csms.received if r.action == "StopTransaction"]
         assert len(stopped) == len(set(stopped)) == 2
