@@ -491,9 +491,23 @@ class FirmwareService:
             self._installed_job = None
             self._security_event("FirmwareUpdated", f"firmware {self.app.firmware_version()} installed")
         job = self._load_job()
+        self._remove_leftovers(keep=None if job is None else job.job_id)
         if job is not None and (self._job_task is None or self._job_task.done()):
             log.info("resuming firmware update (%s) from %s", job.phase, safe_url(job.location))
             self._job_task = self.app.spawn(self._execute(job), "firmware-update")
+
+    def _remove_leftovers(self, keep: str | None) -> None:
+        """Downloads of updates that ended or were cancelled (flash is not infinite)."""
+        if not self.dir.is_dir():
+            return
+        for folder in self.dir.iterdir():
+            if folder.name == keep or not folder.is_dir():
+                continue
+            for path in folder.iterdir():
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
     def start_update(self, job: FirmwareJob) -> bool:
         """Start (or replace) the firmware update; True if an update in progress was cancelled."""

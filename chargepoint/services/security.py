@@ -10,7 +10,7 @@ Security events (§3 A04, §8)
     transaction messages once registered, with their own event time (re-stamped if it
     happened before the clock was synchronised, never 1970). The queue is worked by the
     transaction service's TransactionMessageSender (found as `app.tx_sender`, or as an
-    attribute of `app.transactions`); when there is none this service runs one itself.
+    attribute of `app.transactions`), which this service wakes after each enqueue.
     Emitted here: StartupOfTheDevice (every start), SettingSystemTime (the system clock was
     stepped by NTP; noticed by watching the clock), InvalidChargePointCertificate,
     InvalidFirmwareSigningCertificate, InvalidFirmwareSignature,
@@ -92,7 +92,7 @@ from chargepoint.services.firmware import (
     safe_url,
     scrub,
 )
-from chargepoint.services.tx_delivery import TransactionMessageSender, clock_time_resolver
+from chargepoint.services.tx_delivery import TransactionMessageSender
 from chargepoint.store.queue import time_ref
 
 if TYPE_CHECKING:
@@ -122,6 +122,7 @@ MAX_CHAIN_DEPTH = 5
 RENEW_BEFORE_S = 30 * 86400.0    # A03.FR.02: one month before expiry
 RENEW_RETRY_S = 86400.0
 WATCH_INTERVAL_S = 2.0
+RENEWAL_CHECK_INTERVAL_S = 3600.0
 
 
 # ---------------------------------------------------------------------- pure certificate logic
@@ -369,7 +370,6 @@ class SecurityService:
     def __init__(self, app: ChargePointApp) -> None:
         self.app = app
         self.certs = CertificateStore(Path(app.settings.storage.state_dir) / "certs")
-        self._own_sender: TransactionMessageSender | None = None
         self._log_outbox = StatusOutbox(app, "log_upload")
         self._log_task: asyncio.Task[None] | None = None
         self._log_request_id: int | None = None       # the GetLog upload in progress
@@ -442,7 +442,8 @@ class SecurityService:
                         "pushed": bool(row["pushed"])})
         return out
 
-    def _external_sender(self) -> TransactionMessageSender | None:
+    def _sender(self) -> TransactionMessageSender | None:
+        """The one sender working the durable queue (owned by the transaction service)."""
         sender = getattr(self.app, "tx_sender", None)
         if isinstance(sender, TransactionMessageSender):
             return sender
@@ -454,39 +455,17 @@ class SecurityService:
                         return value
         return None
 
-    def _sender(self) -> TransactionMessageSender | None:
-        return self._own_sender or self._external_sender()
-
-    def _make_sender(self) -> TransactionMessageSender:
-        app = self.app
-        sender = TransactionMessageSender(
-            store=app.store,
-            call=app.call,
-            attempts=lambda: app.config.get_int("TransactionMessageAttempts"),
-            retry_interval_s=lambda: float(app.config.get_int("TransactionMessageRetryInterval")),
-            resolve_time=clock_time_resolver(app.clock),
-        )
-        sender.set_online(app.online)
-        app.registration.on_accepted(lambda: sender.set_online(True))
-        app.add_link_listener(lambda state: sender.set_online(state == "connected" and app.online))
-        return sender
-
     # ------------------------------------------------------------------ lifecycle
 
     async def run(self) -> None:
-        await asyncio.sleep(0)   # let the other services' run() start first (they may create the sender)
-        async with asyncio.TaskGroup() as group:
-            if self._own_sender is None and self._external_sender() is None:
-                # No transaction service delivers the queue: deliver the security events ourselves.
-                log.info("security events: delivering the message queue (no transaction message sender)")
-                self._own_sender = self._make_sender()
-                group.create_task(self._own_sender.run())
-            group.create_task(self._watch())
-
-    async def _watch(self) -> None:
+        if self._sender() is None:
+            log.error("no transaction message sender: security events stay queued until there is one")
+        next_renewal_check_s = 0.0
         while True:
             self._check_clock_step()
-            if self.app.online:
+            now_s = self.app.clock.monotonic_s()
+            if self.app.online and now_s >= next_renewal_check_s:
+                next_renewal_check_s = now_s + RENEWAL_CHECK_INTERVAL_S
                 self._check_certificate_renewal()
             await asyncio.sleep(WATCH_INTERVAL_S)
 
@@ -755,7 +734,11 @@ class SecurityService:
         )
         status = "AcceptedCanceled" if firmware.busy else "Accepted"   # L01.FR.26
         log.info("SignedUpdateFirmware %d: %s from %s", job.request_id, status, safe_url(job.location))
-        return Reply({"status": status}, after_sent=lambda: firmware.start_update(job))
+
+        def start() -> None:
+            firmware.start_update(job)
+
+        return Reply({"status": status}, after_sent=start)
 
     async def verify_firmware(self, job: FirmwareJob, path: Path) -> str | None:
         """None when `path` carries a valid signature of the job's signing certificate."""

@@ -319,3 +319,26 @@ async def test_get_diagnostics_posts_when_the_server_refuses_put(tmp_path: Path)
                 assert f"/diag/{conf['fileName']}" in files.uploads
                 assert ("POST", f"/diag/{conf['fileName']}") in files.requests
             env.csms.assert_no_violations()
+
+
+@pytest.mark.slow
+async def test_the_real_daemon_restarts_into_the_new_firmware_and_reports_installed(tmp_path: Path) -> None:
+    """The whole reboot path with the real daemon process: it re-executes itself (same pid),
+    registers with the new firmwareVersion and sends Installed exactly once."""
+    with FileServer() as files:
+        files.files["/fw/chargepoint-10.0.0.tar.gz"] = firmware_tar_gz()
+        async with charger_env(tmp_path) as env:
+            with env.daemon() as proc:
+                await env.csms.wait_for("StatusNotification", lambda p: p["connectorId"] == 1, timeout_s=30)
+                assert proc.proc is not None
+                pid = proc.proc.pid
+                await env.csms.call(CP_ID, "UpdateFirmware", {
+                    "location": files.url("/fw/chargepoint-10.0.0.tar.gz"), "retrieveDate": _iso(-5)})
+                boot = await env.csms.wait_for("BootNotification", lambda p: p["firmwareVersion"] ==
+                                               "chargepoint-10.0.0", timeout_s=40)
+                installed = await env.csms.wait_for("FirmwareStatusNotification",
+                                                    lambda p: p["status"] == "Installed", timeout_s=30)
+                assert installed.index > boot.index
+                assert proc.proc.poll() is None and proc.proc.pid == pid   # re-executed in place
+                assert _statuses(env) == ["Downloading", "Downloaded", "Installing", "Installed"]
+            env.csms.assert_no_violations()
