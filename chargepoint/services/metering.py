@@ -251,8 +251,15 @@ class MeteringService:
         if not measurands:
             return None
         rows = self.app.store.query(
-            f"SELECT meter_value FROM {TX_DATA_TABLE} WHERE local_tx_id = ? ORDER BY id", (local_id,))
-        values = [loads(row[0]) for row in rows]
+            f"SELECT context, meter_value FROM {TX_DATA_TABLE} WHERE local_tx_id = ? ORDER BY id", (local_id,))
+        values = [loads(row[1]) for row in rows]
+        rec = self.app.store.transactions.get(local_id)
+        if rec is not None and (not rows or rows[0][0] != CTX_BEGIN):
+            # Not stored (a power cut right after the start): the register from the transaction row.
+            begin = sampled_values([m for m in measurands if m == DEFAULT_MEASURAND],
+                                   Sample(energy_wh=rec.start_meter_wh, power_w=0.0), CTX_BEGIN)
+            if begin:
+                values.insert(0, meter_value(time_ref(rec.start_time), begin))
         end = self._end_value(local_id, measurands)
         if end is not None:
             values.append(end)

@@ -388,3 +388,18 @@ async def test_triggered_value_for_an_unconfirmed_transaction_is_queued_to_get_i
         assert triggered.local_tx_id == tx.local_id
         assert contexts_of(triggered.payload) == ["Trigger", "Trigger"]
         assert "transactionId" not in triggered.payload   # filled in from StartTransaction.conf at send time
+
+
+@pytest.mark.asyncio
+async def test_power_cut_before_the_begin_value_was_stored_still_reports_the_start_register(tmp_path: Path) -> None:
+    async with rig(tmp_path, StopTxnSampledData=ENERGY) as r:
+        await r.read()
+        tx = await r.app.transactions.start(1, "TAG1")
+        assert tx is not None
+        r.app.store.execute(f"DELETE FROM {TX_DATA_TABLE}")      # as if cut before the Begin row's commit
+        await r.power_cut()
+        [stop] = r.messages("StopTransaction")
+        data = r.sent_form(stop)["transactionData"]
+        assert [(mv["sampledValue"][0]["context"], mv["sampledValue"][0]["value"]) for mv in data] == [
+            ("Transaction.Begin", "1000"), ("Transaction.End", "1000")]
+        assert data[0]["timestamp"] == "2026-11-24T10:00:00.300Z"
