@@ -118,7 +118,29 @@ def _raw(f: Field, registers: Mapping[int, int]) -> float:
     if low_first:
         words.reverse()
     data = b"".join(w.to_bytes(2, "big") for w in words)
+    if fmt == ">f":
+        return _float32_as_displayed(data)
     return float(struct.unpack(fmt, data)[0])
+
+
+def _float32_as_displayed(data: bytes) -> float:
+    """The shortest decimal that encodes to these float32 bytes: the value the meter meant and displays.
+
+    A float32 holds ~7 significant digits: an SDM630 at 12345.6 kWh sends 12345.599609375, which in
+    whole Wh rounded down would bill 1 Wh less than the meter's own display. The shortest round-trip
+    decimal keeps the order of the registers (it stays inside each float32's rounding interval).
+    """
+    value = float(struct.unpack(">f", data)[0])
+    if not math.isfinite(value):
+        return value
+    for digits in range(1, 10):  # 9 significant digits always round-trip a float32
+        candidate = float(f"{value:.{digits}g}")
+        try:
+            if struct.pack(">f", candidate) == data:
+                return candidate
+        except OverflowError:  # rounded past the float32 range
+            continue
+    return value
 
 
 def decode(register_map: RegisterMap, registers: Registers) -> MeterReading:
