@@ -436,6 +436,8 @@ class MeteringService:
             if values:
                 store.queue.enqueue("MeterValues", self._payload(tx, meter_value(time_ref(t), values)),
                                     local_tx_id=tx.local_id, kind="meter_periodic", event_time=t)
+                # In the same commit: a PowerLoss stop's meterStop and time are never before a sent sample.
+                store.transactions.update_last_meter(tx.local_id, sample.energy_wh, t)
             if stop_values:
                 self._store_tx_value(tx.local_id, CTX_PERIODIC, meter_value(time_ref(t), stop_values))
         if values:
@@ -517,9 +519,10 @@ class MeteringService:
                 store = self.app.store
                 with store.transaction():
                     if values:
+                        t = self.app.clock.event_time()
                         store.queue.enqueue("MeterValues", self._payload(tx, meter_value(stamp, values)),
-                                            local_tx_id=tx.local_id, kind="meter_aligned",
-                                            event_time=self.app.clock.event_time())
+                                            local_tx_id=tx.local_id, kind="meter_aligned", event_time=t)
+                        store.transactions.update_last_meter(tx.local_id, sample.energy_wh, t)   # as periodic
                     if stop_values:
                         self._store_tx_value(tx.local_id, CTX_CLOCK, meter_value(stamp, stop_values))
                 if values:
@@ -551,14 +554,19 @@ class MeteringService:
             if tx is not None and tx.transaction_id is None:
                 # Its Start is not confirmed: only the queue can give this value its transactionId.
                 t = clock.event_time()
-                self.app.store.queue.enqueue("MeterValues", self._payload(tx, meter_value(time_ref(t), values)),
-                                             local_tx_id=tx.local_id, kind="meter_periodic", event_time=t)
+                store = self.app.store
+                with store.transaction():
+                    store.queue.enqueue("MeterValues", self._payload(tx, meter_value(time_ref(t), values)),
+                                        local_tx_id=tx.local_id, kind="meter_periodic", event_time=t)
+                    store.transactions.update_last_meter(tx.local_id, sample.energy_wh, t)   # as periodic
                 self._notify_sender()
                 continue
             if not clock.synced:
                 log.info("TriggerMessage MeterValues: clock not synchronised, nothing sent for connector %d", cid)
                 continue
             value = meter_value(clock.iso8601(clock.now()), values)
+            if tx is not None:
+                self.app.store.transactions.update_last_meter(tx.local_id, sample.energy_wh, clock.event_time())
             payload = self._payload(tx, value) if tx is not None else {"connectorId": cid, "meterValue": [value]}
             await self.app.try_call("MeterValues", payload, allow_unregistered=True)
 
