@@ -272,7 +272,6 @@ async def test_power_cut_at_each_phase_stops_every_transaction_exactly_once(tmp_
         with env.daemon() as proc:
             await wait_registered(env, after=0)
             await drive_until_kill(env, proc, phase)
-            first_id = min(csms.transactions) if csms.transactions else None
             before_restart = len(csms.received)
 
             proc.start()
@@ -292,9 +291,39 @@ async def test_power_cut_at_each_phase_stops_every_transaction_exactly_once(tmp_
             await wait_drained(env)
             entry = await connector_view(env)
             assert "transaction" not in entry
-            if phase.name[0] == "g" and first_id is not None:
-                # Confirmed before the cut: nothing more is sent for it.
-                late = [r for r in csms.received[before_restart:] if r.action in ("StopTransaction", "MeterValues")
-                        and r.payload.get("transactionId") == first_id]
-                assert late == []
         assert_ledger(csms, phase)
+        assert_resent(csms, phase, before_restart)
+
+
+def assert_resent(csms: CentralSystem, phase: Phase, before_restart: int) -> None:
+    """What the restarted daemon sent for the first transaction, per phase."""
+    first = csms.transactions[min(csms.transactions)]
+    assert first.stop is not None
+    if phase.stop_by is None:
+        assert "idTag" not in first.stop   # PowerLoss: nobody presented a card (§4.10)
+
+    def sent(action: str, *, after: bool) -> list[Received]:
+        window = csms.received[before_restart:] if after else csms.received[:before_restart]
+        return [r for r in window if r.action == action and (
+            r.payload.get("transactionId") == first.transaction_id if action != "StartTransaction"
+            else r.payload == first.start)]
+
+    letter = phase.name[0]
+    if letter == "a":
+        assert sent("StartTransaction", after=False) == []   # queued offline, sent after the restart
+        assert len(sent("StartTransaction", after=True)) == 1
+    if letter == "b":
+        # Sent, unconfirmed, killed: the very same Start again (the central system: same transaction).
+        assert sent("StartTransaction", after=False) and sent("StartTransaction", after=True)
+    if letter in "cd":
+        assert len(sent("StartTransaction", after=False)) == 1 and sent("StartTransaction", after=True) == []
+    if letter in "abcd":
+        assert sent("StopTransaction", after=False) == [] and len(sent("StopTransaction", after=True)) == 1
+    if letter == "e":
+        assert sent("StopTransaction", after=False) == [] and len(sent("StopTransaction", after=True)) == 1
+    if letter == "f":
+        assert sent("StopTransaction", after=False) and sent("StopTransaction", after=True)
+    if letter == "g":
+        # Confirmed before the cut: nothing more is sent for it.
+        assert sent("StopTransaction", after=False) and sent("StopTransaction", after=True) == []
+        assert sent("MeterValues", after=True) == []
