@@ -120,6 +120,13 @@ class ChargePointApp:
         self.auth: Any = None
         self.smart_charging: Any = None
         self.trigger: Any = None
+        self.availability: Any = None
+        self.reservations: Any = None
+        self.local_list: Any = None
+        self.data_transfer: Any = None
+        self.firmware: Any = None
+        self.security: Any = None
+        self.tx_sender: Any = None
         self._build_services()
 
     # ------------------------------------------------------------------ services

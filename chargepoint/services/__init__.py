@@ -1,4 +1,10 @@
-"""Feature services. `build_services(app)` instantiates them in dependency order."""
+"""Feature services. `build_services(app)` instantiates them in dependency order.
+
+Order matters where one service acts in its constructor: power-loss recovery in
+TransactionService queues StopTransactions at construction, so metering (their
+transactionData) is built before it; operations (availability, reservations)
+consult transactions; smart charging subscribes to transaction events.
+"""
 
 from __future__ import annotations
 
@@ -9,28 +15,27 @@ if TYPE_CHECKING:
 
 
 def build_services(app: ChargePointApp) -> list[object]:
+    from chargepoint.services.authorization import AuthorizationService
     from chargepoint.services.core import ConfigurationService, StatusNotificationService, TriggerMessageService
+    from chargepoint.services.firmware import FirmwareService
+    from chargepoint.services.metering import MeteringService
     from chargepoint.services.meters import MeterService
+    from chargepoint.services.operations import build_operation_services
+    from chargepoint.services.security import SecurityService
+    from chargepoint.services.smart_charging import SmartChargingService
+    from chargepoint.services.transactions import TransactionService
 
     status = StatusNotificationService(app)
     app.meters = MeterService(app)
     services: list[object] = [ConfigurationService(app), status, TriggerMessageService(app, status), app.meters]
-    from chargepoint.services.smart_charging import SmartChargingService  # smart charging (issue 5)
     app.smart_charging = SmartChargingService(app)
-    services.append(app.smart_charging)
-    from chargepoint.services.metering import MeteringService  # metering (issue 3): before transactions,
-    app.metering = MeteringService(app)  # so a power-loss stop at their construction gets its transactionData
-    services.append(app.metering)
-    from chargepoint.services.authorization import AuthorizationService  # authorization (issue 4)
-    from chargepoint.services.transactions import TransactionService  # transactions (issue 3)
+    app.metering = MeteringService(app)
     app.auth = AuthorizationService(app)
     app.transactions = TransactionService(app)
-    services += [app.auth, app.transactions]
-    from chargepoint.services.operations import build_operation_services  # Reset, ChangeAvailability, Unlock,
-    services += build_operation_services(app)  # DataTransfer, reservations, local list: after transactions
-    from chargepoint.services.firmware import FirmwareService  # firmware management, diagnostics (p2e)
-    from chargepoint.services.security import SecurityService  # security whitepaper (p2e)
-    firmware, security = FirmwareService(app), SecurityService(app)
-    vars(app).update(firmware=firmware, security=security)  # app.firmware / app.security (not declared yet)
-    services += [firmware, security]
+    services += [app.smart_charging, app.metering, app.auth, app.transactions]
+    # Reset, ChangeAvailability, UnlockConnector, DataTransfer, reservations, local list.
+    services += build_operation_services(app)
+    app.firmware = FirmwareService(app)
+    app.security = SecurityService(app)
+    services += [app.firmware, app.security]
     return services

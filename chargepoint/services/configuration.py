@@ -147,6 +147,10 @@ def default_key_table(*, number_of_connectors: int) -> list[KeySpec]:
         KeySpec("StopTxnAlignedDataMaxLength", "int", "R", str(MEASURAND_LIST_MAX)),
         KeySpec("StopTxnSampledData", "csl", "RW", "", measurands),
         KeySpec("StopTxnSampledDataMaxLength", "int", "R", str(MEASURAND_LIST_MAX)),
+        # Errata 3.91: how many meter values StopTransaction.transactionData may carry.
+        KeySpec("StopTransactionMaxMeterValues", "int", "R", "100"),
+        # Errata 3.90: file transfer protocols for firmware and diagnostics.
+        KeySpec("SupportedFileTransferProtocols", "csl", "R", "HTTP,HTTPS"),
         KeySpec("SupportedFeatureProfiles", "csl", "R", ",".join(SUPPORTED_FEATURE_PROFILES), derived=True),
         KeySpec("SupportedFeatureProfilesMaxLength", "int", "R", str(len(SUPPORTED_FEATURE_PROFILES))),
         KeySpec("TransactionMessageAttempts", "int", "RW", "5", _int_range(0, 100)),

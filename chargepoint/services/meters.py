@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from typing import TYPE_CHECKING, Any
 
 from hal.interfaces import MeterError, MeterReading
@@ -39,6 +40,10 @@ class MeterService:
     def latest(self, connector_id: int) -> MeterReading | None:
         return self._latest.get(connector_id)
 
+    def read_at_s(self, connector_id: int) -> float | None:
+        """Monotonic time of the cached reading (None: never read)."""
+        return self._read_at_s.get(connector_id)
+
     def error(self, connector_id: int) -> str | None:
         return self._errors.get(connector_id)
 
@@ -54,6 +59,12 @@ class MeterService:
             except Exception as exc:  # a driver bug must not take the charger down
                 log.exception("connector %d: meter driver error", connector_id)
                 self._failed(connector_id, exc)
+                return self._latest.get(connector_id)
+            if not all(math.isfinite(x) for x in (reading.energy_wh, reading.power_w, *reading.current_a,
+                                                      *reading.voltage_v)) or reading.energy_wh < 0:
+                # A driver that decodes garbage (NaN, negative register) is a failing meter,
+                # never a value to bill or report.
+                self._failed(connector_id, MeterError(f"implausible reading {reading}"))
                 return self._latest.get(connector_id)
             self._ok(connector_id, reading)
             return reading

@@ -176,6 +176,9 @@ class ResetService:
         # transactions with the reason of the reset at the next boot.
         self.app.store.kv_put(RESET_NS, RESET_REASON_KEY, reset_reason(reset_type))
         log.info("%s reset requested", reset_type)
+        if self.app.security_events is not None:
+            # Security WP §8: ResetOrReboot is a critical event, pushed (durably queued).
+            self.app.security_events("ResetOrReboot", f"{reset_type} reset requested by the central system")
 
         def after_sent() -> None:
             # In a task of its own: the reset waits for the StopTransaction.conf, which the
@@ -458,8 +461,8 @@ def build_operation_services(app: ChargePointApp) -> list[object]:
     reservations = ReservationService(app)
     local_list = LocalListService(app)
     # ChargePointApp declares no attribute for these yet (request to the integrator).
-    setattr(app, "availability", availability)   # noqa: B010
-    setattr(app, "data_transfer", data_transfer)   # noqa: B010
-    setattr(app, "reservations", reservations)   # noqa: B010
-    setattr(app, "local_list", local_list)   # noqa: B010
+    app.availability = availability
+    app.data_transfer = data_transfer
+    app.reservations = reservations
+    app.local_list = local_list
     return [ResetService(app), availability, UnlockService(app), data_transfer, reservations, local_list]

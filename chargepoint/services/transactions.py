@@ -206,6 +206,8 @@ class TransactionService:
             monotonic=app.clock.monotonic_s,
             clock_poll_s=1.0,
         )
+        # The one sender working the durable queue; other services (security events) wake it.
+        app.tx_sender = self.sender
         app.on("RemoteStartTransaction", self.on_remote_start)
         app.on("RemoteStopTransaction", self.on_remote_stop)
         app.add_connector_listener(self._on_connector_event)

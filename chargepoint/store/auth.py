@@ -94,7 +94,9 @@ class AuthCacheRepo:
         self.cap = cap
 
     def get(self, id_tag: str) -> dict[str, Any] | None:
-        row = self._store.query_one("SELECT info FROM auth_cache WHERE id_tag = ?", (id_tag,))
+        # IdToken is case-insensitive (OCPP 1.6 §7.28); SQLite's NOCASE folds ASCII, as idTags are.
+        row = self._store.query_one("SELECT info FROM auth_cache WHERE id_tag = ? COLLATE NOCASE"
+                                    " ORDER BY touched DESC LIMIT 1", (id_tag,))
         return None if row is None else dict(loads(row[0]))
 
     def upsert(self, id_tag: str, id_tag_info: Mapping[str, Any]) -> None:
@@ -142,7 +144,9 @@ class LocalListRepo:
         return int(self._store.kv.get(LOCAL_LIST_NS, "version", 0))
 
     def get(self, id_tag: str) -> dict[str, Any] | None:
-        row = self._store.query_one("SELECT info FROM local_list WHERE id_tag = ?", (id_tag,))
+        # IdToken is case-insensitive (OCPP 1.6 §7.28).
+        row = self._store.query_one("SELECT info FROM local_list WHERE id_tag = ? COLLATE NOCASE LIMIT 1",
+                                    (id_tag,))
         return None if row is None else dict(loads(row[0]))
 
     def entries(self) -> dict[str, dict[str, Any]]:
