@@ -12,8 +12,10 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import Any, Protocol
 
 from chargepoint.clock import Clock
@@ -25,6 +27,7 @@ from chargepoint.services.configuration import ConfigurationStore, default_key_t
 from chargepoint.services.registration import RegistrationService
 from chargepoint.store.db import Store
 from chargepoint.transport.link import Link
+from chargepoint.transport.tls import build_client_ssl_context
 from hal.interfaces import Board
 
 log = logging.getLogger("chargepoint.app")
@@ -56,6 +59,9 @@ class ChargePointApp:
             self.store, default_key_table(number_of_connectors=len(settings.connectors)),
             initial=settings.ocpp.initial_config)
         self._adopt_configured_password()
+        if settings.ocpp.security_profile > self.config.get_int("SecurityProfile"):
+            # The file may raise the profile (never lower it: Security WP A05.FR.01).
+            self.config.set_internal("SecurityProfile", settings.ocpp.security_profile)
         self.session = Session({}, call_timeout_s=settings.ocpp.call_timeout_s,
                                validate_outbound=validate_outbound)
         if board is None:
@@ -95,7 +101,8 @@ class ChargePointApp:
             settings=settings,
             clock=self.clock,
             session=self.session,
-            password_provider=self.password,
+            password_provider=self.basic_auth_password,
+            ssl_context_factory=self.ssl_context,
             ping_interval_s=lambda: float(self.config.get_int("WebSocketPingInterval")),
             active_link=board.network.active_link,
             on_state_change=self._on_link_state,
@@ -159,6 +166,39 @@ class ChargePointApp:
     def password(self) -> str | None:
         value = self.config.raw("AuthorizationKey")
         return value or None
+
+    def security_profile(self) -> int:
+        return self.config.get_int("SecurityProfile")
+
+    def basic_auth_password(self) -> str | None:
+        """Profile 2: Basic auth on every handshake. Profile 3: the client certificate is the
+        credential (Security WP §2.5), no password is sent."""
+        return None if self.security_profile() >= 3 else self.password()
+
+    def client_certificate(self) -> tuple[Path, Path] | None:
+        """The certificate a central system signed (CertificateSigned), else the configured one."""
+        stored = self.security.client_certificate() if self.security is not None else None
+        if stored is not None:
+            return (Path(stored[0]), Path(stored[1]))
+        tls = self.settings.tls
+        if tls.client_cert_file is not None and tls.client_key_file is not None:
+            return (tls.client_cert_file, tls.client_key_file)
+        return None
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """Built for every handshake, so an installed root or a newly signed certificate is
+        used on the next connection. Trust: [tls] ca_file plus the CentralSystemRootCertificates
+        installed with InstallCertificate (Security WP M05)."""
+        client = self.client_certificate() if self.security_profile() >= 3 else None
+        ctx = build_client_ssl_context(self.settings.tls, cert_file=client[0] if client else None,
+                                       key_file=client[1] if client else None)
+        bundle = self.security.central_system_ca_bundle() if self.security is not None else None
+        if bundle is not None:
+            try:
+                ctx.load_verify_locations(cafile=str(bundle))
+            except (ssl.SSLError, OSError) as exc:
+                log.error("installed central-system roots unusable: %s", exc)
+        return ctx
 
     # ------------------------------------------------------------------ identity
 

@@ -40,8 +40,8 @@ class ConfigurationService:
         # Security WP A05.FR.01-04: only upwards, and only when the prerequisites are there.
         if int(new) <= int(old):
             return "Rejected"
-        if int(new) == 3 and self.app.settings.tls.client_cert_file is None:
-            return "Rejected"
+        if int(new) == 3 and self.app.client_certificate() is None:
+            return "Rejected"  # A05.FR.04: no valid ChargePointCertificate installed
         if int(new) == 2 and not self.app.password():
             return "Rejected"
         if int(new) < 2:
