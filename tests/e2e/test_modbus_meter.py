@@ -197,18 +197,20 @@ def pty_link() -> Iterator[PtyLink]:
 SDM120_READING = MeterReading(energy_wh=4321500.0, power_w=3680.0, current_a=(16.0,), voltage_v=(230.0,))
 
 
-async def test_sdm120_over_rtu_end_to_end_with_a_crc_error_retried_not_reported(
+async def test_sdm120_over_rtu_crc_error_retried_silent_meter_reported_then_recovered_4_9(
         tmp_path: Path, pty_link: PtyLink) -> None:
     """RS-485 through a pseudo-terminal pair: a single-phase SDM120 on unit 5. An answer with a broken
-    CRC is retried by the bus owner and never becomes a PowerMeterFailure."""
+    CRC is retried by the bus owner and never becomes a PowerMeterFailure; a meter that goes silent
+    (every request times out) does, as a warning with the current status (OCPP 1.6 §4.9), until it
+    answers again."""
     source = MeterValuesSource(SDM120_READING)
-    server = SimulatedMeterServer(SimulatedMeter(register_map("sdm120"), source, unit_id=5))
-    await server.start_rtu(pty_link.server_device)
+    servers = [SimulatedMeterServer(SimulatedMeter(register_map("sdm120"), source, unit_id=5)) for _ in range(2)]
+    await servers[0].start_rtu(pty_link.server_device)
     try:
         async with charger_env(tmp_path, MeterValueSampleInterval=1, MeterValuesSampledData=SAMPLED) as env:
             env.doc["connector"] = [{"max_current_a": 16, "phases": 1}]
             env.doc["meter"] = {"driver": "sdm120", "transport": "rtu", "device": pty_link.client_device,
-                                "baudrate": 9600, "unit_id": 5, "timeout_s": 0.5, "retries": 2}
+                                "baudrate": 9600, "unit_id": 5, "timeout_s": 0.3, "retries": 1}
             async with running(env):
                 entry = await connector_status(env, lambda c: c["meter"] is not None, "a meter reading")
                 assert entry["meter"] == {"energy_wh": 4321500.0, "power_w": 3680.0, "current_a": [16.0],
@@ -223,15 +225,30 @@ async def test_sdm120_over_rtu_end_to_end_with_a_crc_error_retried_not_reported(
                 source.add_energy_wh(250.0)
                 await connector_status(env, lambda c: c["meter"]["energy_wh"] == 4321750.0, "the new register")
                 assert pty_link.corrupted_chunks >= 1
+                assert {r.payload["errorCode"] for r in env.csms.received_of("StatusNotification")} == {"NoError"}
+                assert "meter_error" not in (await env.astatus())["connectors"][0]
+
+                await servers[0].stop()   # the line stays, nobody answers: every request times out
+                lost = await env.csms.wait_for(
+                    "StatusNotification", lambda p: p["errorCode"] == "PowerMeterFailure", timeout_s=WAIT_S)
+                assert lost.payload["status"] == "Charging"
+                entry = await connector_status(env, lambda c: "meter_error" in c, "the meter error in status")
+                assert "no valid answer after 2 attempts" in entry["meter_error"]
+
+                source.add_energy_wh(250.0)
+                await servers[1].start_rtu(pty_link.server_device)
+                cleared = await env.csms.wait_for(
+                    "StatusNotification", lambda p: p["errorCode"] == "NoError", timeout_s=WAIT_S,
+                    after_index=lost.index)
+                assert cleared.payload["status"] == "Charging"
+                await connector_status(env, lambda c: c["meter"]["energy_wh"] == 4322000.0, "readings resumed")
                 await env.asim("sim.unplug", connector=1)
                 stop = await env.csms.wait_for("StopTransaction", timeout_s=WAIT_S)
-                assert stop.payload["meterStop"] == 4321750
-                errors = [r.payload["errorCode"] for r in env.csms.received_of("StatusNotification")]
-                assert set(errors) == {"NoError"}
-                assert "meter_error" not in (await env.astatus())["connectors"][0]
+                assert stop.payload["meterStop"] == 4322000
             env.csms.assert_no_violations()
     finally:
-        await server.stop()
+        for server in servers:
+            await server.stop()
 
 
 def energy_registers(env: ChargerEnv) -> list[int]:
@@ -270,7 +287,7 @@ async def test_meter_lost_mid_transaction_is_a_power_meter_failure_warning_and_r
                     timeout_s=WAIT_S, after_index=charging.index)
                 assert lost.payload["status"] == "Charging"
                 entry = await connector_status(env, lambda c: "meter_error" in c, "the meter error in status")
-                assert entry["error_code"] == "PowerMeterFailure"
+                assert entry["error_code"] == "PowerMeterFailure" and "Modbus" in entry["meter_error"]
                 assert entry["status"] == "Charging" and entry["relay_closed"] is True
                 assert entry["transaction_id"] == transaction_id(start)
                 conf = await env.csms.call(CP_ID, "GetConfiguration", {"key": ["MeterValueSampleInterval"]})
