@@ -211,6 +211,7 @@ def main() -> int:
     parser.add_argument("--idle", type=float, default=10.0, help="seconds to measure idle CPU")
     parser.add_argument("--peers", default="raw,naive,daemon")
     parser.add_argument("--actions", default="GetConfiguration,SetChargingProfile")
+    parser.add_argument("--no-queue", action="store_true", help="skip the durable queue figures (bench/bench_queue.py)")
     args = parser.parse_args()
     results = []
     actions = args.actions.split(",")
@@ -236,6 +237,10 @@ def main() -> int:
     print("-" * len(header))
     for r in results:
         print(f"{r['peer']:<8} {r['cold_start_s']:>33.3f} {r['rss_mb']:>12.1f} {r['idle_cpu_pct']:>11.3f}")
+    if not args.no_queue:
+        from bench.bench_queue import print_tables  # durable queue: cost per sample, drain rate (p3a)
+
+        print_tables()
     if "--json" in sys.argv:
         print(json.dumps(results, indent=2))
     return 0
