@@ -8,8 +8,6 @@ OCPP 1.6 §5.2 ChangeAvailability, §5.14 Reset (errata 3.36 / 3.82), §5.18 Unl
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,7 @@ import pytest
 from chargepoint.app import ChargePointApp
 from chargepoint.csms.server import Received
 from chargepoint.services.operations import AvailabilityService, DataTransferService
-from tests.support.harness import CP_ID, ChargerEnv, charger_env, eventually
+from tests.support.harness import CP_ID, ChargerEnv, charger_env, eventually, mark, running
 
 pytestmark = pytest.mark.asyncio
 
@@ -26,18 +24,10 @@ WAIT_S = 15.0
 TWO_CONNECTORS = [{"max_current_a": 32, "phases": 3}, {"max_current_a": 16, "phases": 1}]
 
 
-@contextlib.asynccontextmanager
-async def running(env: ChargerEnv, *, last_connector: int = 1) -> AsyncIterator[ChargePointApp]:
-    """The charger, registered, with its connectors reported (errata 3.22)."""
-    start = len(env.csms.received)
-    async with env.app() as app:
-        await env.csms.wait_for("StatusNotification", lambda p: p["connectorId"] == last_connector,
-                                after_index=start, timeout_s=20)
-        yield app
 
 
-def mark(env: ChargerEnv) -> int:
-    return len(env.csms.received)
+
+
 
 
 async def status_of(env: ChargerEnv, connector_id: int, status: str, *, after: int = 0) -> Received:

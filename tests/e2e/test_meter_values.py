@@ -19,7 +19,7 @@ import pytest
 
 from chargepoint.app import ChargePointApp
 from chargepoint.csms.server import Received
-from tests.support.harness import CP_ID, ChargerEnv, charger_env, eventually
+from tests.support.harness import CP_ID, ChargerEnv, charger_env, eventually, plug_and_charge
 
 FREE_VEND = "FREEVEND"
 WAIT_S = 20.0
@@ -40,14 +40,7 @@ async def running(env: ChargerEnv, *, free_vend: bool = True) -> AsyncIterator[C
         yield app
 
 
-async def plug_and_charge(env: ChargerEnv) -> int:
-    """Plug the simulated EV in (free vend starts a transaction); returns the transactionId."""
-    await env.asim("sim.plug", connector=1)
-    start = await env.csms.wait_for("StartTransaction", timeout_s=WAIT_S)
-    assert start.response is not None
-    await env.csms.wait_for("StatusNotification", lambda p: p["connectorId"] == 1 and p["status"] == "Charging",
-                            timeout_s=WAIT_S)
-    return int(start.response["transactionId"])
+
 
 
 def values_of(payload: dict[str, Any], measurand: str) -> list[dict[str, Any]]:

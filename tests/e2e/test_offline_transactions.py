@@ -19,7 +19,7 @@ import pytest
 
 from chargepoint.app import ChargePointApp
 from chargepoint.csms.server import Received
-from tests.support.harness import CP_ID, ChargerEnv, charger_env, eventually
+from tests.support.harness import CP_ID, ChargerEnv, calls, charger_env, come_back, eventually, go_offline
 
 pytestmark = pytest.mark.asyncio
 
@@ -38,21 +38,13 @@ async def status_of(env: ChargerEnv, status: str, *, after: int = 0, timeout_s: 
                                    after_index=after, timeout_s=timeout_s)
 
 
-def calls(env: ChargerEnv, action: str, after: int = 0) -> list[Received]:
-    return [r for r in env.csms.received[after:] if r.action == action]
 
 
-async def go_offline(env: ChargerEnv, app: ChargePointApp) -> None:
-    await env.csms.stop()
-    await eventually(lambda: not app.online, timeout_s=WAIT_S, message="charger offline")
 
 
-async def come_back(env: ChargerEnv, app: ChargePointApp) -> int:
-    """Central system back on the same port; the charger reconnects without waiting out its back-off."""
-    index = len(env.csms.received)
-    await env.csms.start()
-    app.link.request_reconnect()
-    return index
+
+
+
 
 
 async def connector(env: ChargerEnv) -> dict[str, Any]:

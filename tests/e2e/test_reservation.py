@@ -8,9 +8,7 @@ StartTransaction, §4.9 Reserved.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,7 @@ import pytest
 from chargepoint.app import ChargePointApp
 from chargepoint.csms.server import Received
 from chargepoint.services.reservation import ReservationService
-from tests.support.harness import CP_ID, ChargerEnv, charger_env, eventually
+from tests.support.harness import CP_ID, ChargerEnv, charger_env, eventually, mark, running
 
 pytestmark = pytest.mark.asyncio
 
@@ -27,17 +25,10 @@ WAIT_S = 15.0
 TWO_CONNECTORS = [{"max_current_a": 32, "phases": 3}, {"max_current_a": 16, "phases": 1}]
 
 
-@contextlib.asynccontextmanager
-async def running(env: ChargerEnv, *, last_connector: int = 1) -> AsyncIterator[ChargePointApp]:
-    start = len(env.csms.received)
-    async with env.app() as app:
-        await env.csms.wait_for("StatusNotification", lambda p: p["connectorId"] == last_connector,
-                                after_index=start, timeout_s=20)
-        yield app
 
 
-def mark(env: ChargerEnv) -> int:
-    return len(env.csms.received)
+
+
 
 
 def expiry(seconds: float) -> str:

@@ -24,7 +24,7 @@ from chargepoint.app import ChargePointApp
 from chargepoint.clock import Clock
 from chargepoint.csms.server import CallErrorResponse
 from chargepoint.smartcharging.model import format_datetime
-from tests.support.harness import CP_ID, ChargerEnv, charger_env, eventually
+from tests.support.harness import CP_ID, ChargerEnv, charger_env, eventually, plug_and_charge
 
 FREE_VEND = "FREEVEND"
 CONNECTOR_MAX_A = 32.0
@@ -88,14 +88,7 @@ def free_vend(env: ChargerEnv) -> None:
     env.doc["authorization"] = {"free_vend_id_tag": FREE_VEND}
 
 
-async def plug_and_charge(env: ChargerEnv) -> int:
-    """Plug the simulated EV in (free vend starts a transaction); returns the transactionId."""
-    await env.asim("sim.plug", connector=1)
-    start = await env.csms.wait_for("StartTransaction", timeout_s=WAIT_S)
-    assert start.response is not None
-    await env.csms.wait_for("StatusNotification", lambda p: p["connectorId"] == 1 and p["status"] == "Charging",
-                            timeout_s=WAIT_S)
-    return int(start.response["transactionId"])
+
 
 
 class OfferRecorder:

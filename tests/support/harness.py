@@ -235,3 +235,51 @@ async def eventually(predicate: Any, *, timeout_s: float = 10.0, interval_s: flo
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out: {message}")
         await asyncio.sleep(interval_s)
+
+
+# --------------------------------------------------------------------------- scenario helpers
+
+WAIT_S = 15.0
+
+
+@contextlib.asynccontextmanager
+async def running(env: ChargerEnv, *, last_connector: int = 1) -> AsyncIterator[ChargePointApp]:
+    """The charger, registered, with its connectors reported (errata 3.22)."""
+    start = len(env.csms.received)
+    async with env.app() as app:
+        await env.csms.wait_for("StatusNotification", lambda p: p["connectorId"] == last_connector,
+                                after_index=start, timeout_s=20)
+        yield app
+
+
+def mark(env: ChargerEnv) -> int:
+    """Index of the next CALL the central system will receive."""
+    return len(env.csms.received)
+
+
+def calls(env: ChargerEnv, action: str, after: int = 0) -> list[Any]:
+    return [r for r in env.csms.received[after:] if r.action == action]
+
+
+async def go_offline(env: ChargerEnv, app: ChargePointApp) -> None:
+    await env.csms.stop()
+    await eventually(lambda: not app.online, timeout_s=WAIT_S, message="charger offline")
+
+
+async def come_back(env: ChargerEnv, app: ChargePointApp) -> int:
+    """The central system back on the same port; the charger reconnects without waiting out its back-off."""
+    index = len(env.csms.received)
+    await env.csms.start()
+    app.link.request_reconnect()
+    return index
+
+
+async def plug_and_charge(env: ChargerEnv, connector_id: int = 1) -> int:
+    """Plug the simulated EV in (free vend starts a transaction); returns the transactionId."""
+    await env.asim("sim.plug", connector=connector_id)
+    start = await env.csms.wait_for("StartTransaction", timeout_s=WAIT_S)
+    assert start.response is not None
+    await env.csms.wait_for(
+        "StatusNotification", lambda p: p["connectorId"] == connector_id and p["status"] == "Charging",
+        timeout_s=WAIT_S)
+    return int(start.response["transactionId"])
