@@ -24,7 +24,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,53 +56,64 @@ def _pct(values: list[float], q: float) -> float:
 # --------------------------------------------------------------------------- (a) store cost
 
 
-def _store_variant(state_dir: Path, samples: int, kind: str) -> dict[str, Any]:
-    store = Store(state_dir)
-    try:
-        boot_id = kernel_boot_id() or "bench"
-        t0 = EventTime(boot_id, time.monotonic(), time.time())
-        local_id = store.transactions.begin(connector_id=1, id_tag=ID_TAG, start_meter_wh=START_WH, start_time=t0)
-        store.transactions.set_remote_id(local_id, TRANSACTION_ID, "Accepted")
+class _Variant:
+    """One way of writing a sample, on its own database file."""
 
-        def enqueue(i: int, t: EventTime) -> None:
-            store.queue.enqueue("MeterValues", _payload(i, t), local_tx_id=local_id, kind="meter_periodic",
-                                event_time=t)
+    def __init__(self, state_dir: Path, kind: str) -> None:
+        self.store = Store(state_dir)
+        self.kind = kind
+        self.boot_id = kernel_boot_id() or "bench"
+        t0 = EventTime(self.boot_id, time.monotonic(), time.time())
+        self.local_id = self.store.transactions.begin(connector_id=1, id_tag=ID_TAG, start_meter_wh=START_WH,
+                                                      start_time=t0)
+        self.store.transactions.set_remote_id(self.local_id, TRANSACTION_ID, "Accepted")
+        self.durations_ms: list[float] = []
 
-        def last_meter(i: int, t: EventTime) -> None:
-            store.transactions.update_last_meter(local_id, START_WH + STEP_WH * i, t)
+    def _enqueue(self, i: int, t: EventTime) -> None:
+        self.store.queue.enqueue("MeterValues", _payload(i, t), local_tx_id=self.local_id, kind="meter_periodic",
+                                 event_time=t)
 
-        def one_commit(i: int, t: EventTime) -> None:
-            with store.transaction():
-                enqueue(i, t)
-                last_meter(i, t)
+    def _last_meter(self, i: int, t: EventTime) -> None:
+        self.store.transactions.update_last_meter(self.local_id, START_WH + STEP_WH * i, t)
 
-        def two_commits(i: int, t: EventTime) -> None:
-            enqueue(i, t)
-            last_meter(i, t)    # its own autocommit: a second fsync
+    def sample(self, i: int) -> None:
+        t = EventTime(self.boot_id, time.monotonic(), time.time())
+        started = time.perf_counter()
+        if self.kind == "enqueue":
+            self._enqueue(i, t)
+        elif self.kind == "one":
+            with self.store.transaction():     # what services/metering.py does
+                self._enqueue(i, t)
+                self._last_meter(i, t)
+        else:
+            self._enqueue(i, t)
+            self._last_meter(i, t)             # its own autocommit: a second fsync
+        self.durations_ms.append((time.perf_counter() - started) * 1000)
 
-        step: Callable[[int, EventTime], None] = {"enqueue": enqueue, "one": one_commit, "two": two_commits}[kind]
-        durations_ms: list[float] = []
-        for i in range(samples):
-            t = EventTime(boot_id, time.monotonic(), time.time())
-            started = time.perf_counter()
-            step(i, t)
-            durations_ms.append((time.perf_counter() - started) * 1000)
+    def figures(self) -> dict[str, Any]:
+        store = self.store
         total_b, count = store.query("SELECT SUM(LENGTH(payload)), COUNT(*) FROM queue")[0]
-        payload_bytes = int(total_b) / int(count) if count else 0.0
         store.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-        disk_bytes = store.path.stat().st_size
-    finally:
-        store.close()
-    return {"mean_ms": statistics.mean(durations_ms), "p50_ms": statistics.median(durations_ms),
-            "p99_ms": _pct(durations_ms, 0.99), "payload_b": payload_bytes, "disk_b_per_sample": disk_bytes / samples}
+        d = self.durations_ms
+        return {"mean_ms": statistics.mean(d), "p50_ms": statistics.median(d), "p99_ms": _pct(d, 0.99),
+                "payload_b": int(total_b) / int(count) if count else 0.0,
+                "disk_b_per_sample": store.path.stat().st_size / max(1, count)}
 
 
 def measure_store(samples: int) -> dict[str, dict[str, Any]]:
-    results = {}
-    for kind in ("enqueue", "one", "two"):
-        with tempfile.TemporaryDirectory(prefix=f"bench-queue-{kind}-") as tmp:
-            results[kind] = _store_variant(Path(tmp) / "state", samples, kind)
-    return results
+    """The variants take turns sample by sample (rotating who goes first), so a noisy
+    neighbour on the machine weighs on all of them alike."""
+    kinds = ("enqueue", "one", "two")
+    with tempfile.TemporaryDirectory(prefix="bench-queue-store-") as tmp:
+        variants = [_Variant(Path(tmp) / kind, kind) for kind in kinds]
+        try:
+            for i in range(samples):
+                for k in range(len(variants)):
+                    variants[(i + k) % len(variants)].sample(i)
+            return {v.kind: v.figures() for v in variants}
+        finally:
+            for v in variants:
+                v.store.close()
 
 
 # --------------------------------------------------------------------------- (b) drain
