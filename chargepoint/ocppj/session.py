@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -24,6 +25,17 @@ from typing import Any
 from chargepoint.ocppj import frames, schemas
 from chargepoint.ocppj.frames import Call, CallError, CallResult, FrameError
 from chargepoint.ocppj.schemas import SchemaViolation
+
+_SECRET_VALUE = re.compile(r'("value"\s*:\s*)"(?:[^"\\]|\\.)*"')
+
+
+def redact(text: str | bytes) -> str | bytes:
+    """A frame as it may be logged: the AuthorizationKey (write-only, Security WP §7.2) is
+    never written to a log, not even at DEBUG."""
+    if isinstance(text, bytes) or "AuthorizationKey" not in text:
+        return text
+    return _SECRET_VALUE.sub(r'\1"***"', text)
+
 
 LOGGER_NAME = "chargepoint.ocppj"
 
@@ -192,7 +204,7 @@ class Session:
             pending = self._pending = _Pending(message_id, action, future)
             try:
                 async with asyncio.timeout(timeout):
-                    self._log.debug("-> %s", text)
+                    self._log.debug("-> %s", redact(text))
                     try:
                         await send(text)
                     except Exception as exc:
@@ -213,7 +225,7 @@ class Session:
             self.last_rx_s = self._monotonic()
             if self.on_activity is not None:
                 self.on_activity()
-            self._log.debug("<- %s", text)
+            self._log.debug("<- %s", redact(text))
             try:
                 frame = frames.parse(text)
             except FrameError as exc:
@@ -364,7 +376,7 @@ class Session:
         if send is None or generation != self._generation:
             self._log.info("reply dropped: its connection is gone")
             return False
-        self._log.debug("-> %s", text)
+        self._log.debug("-> %s", redact(text))
         try:
             await send(text)
         except Exception as exc:

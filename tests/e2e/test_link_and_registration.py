@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -123,6 +124,7 @@ async def test_authorization_key_change_reconnects_with_the_new_password_and_is_
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Security WP A01: Accepted, then reconnect with the new key; AuthorizationKey is write-only."""
     new_key = "fedcba9876543210fedcba98"
+    caplog.set_level(logging.DEBUG)  # frames are logged at DEBUG: the key must not be among them
     async with charger_env(tmp_path) as env:
         async with env.app() as app:
             await env.csms.wait_for("StatusNotification", timeout_s=20)
@@ -147,6 +149,7 @@ async def test_authorization_key_change_reconnects_with_the_new_password_and_is_
         async with env.app():
             info = await env.csms.wait_connected(CP_ID, timeout_s=30, after_index=len(env.csms.connections))
             assert new_key in base64.b64decode(info.authorization.split()[1]).decode()
+    assert "AuthorizationKey" in caplog.text, "the DEBUG frame log was not captured"
     assert new_key not in caplog.text and PASSWORD not in caplog.text
     secrets_db = (tmp_path / "state" / "chargepoint.db")
     assert secrets_db.stat().st_mode & 0o077 == 0, "the store holds the key: owner-only"
