@@ -54,7 +54,8 @@ class ChargePointApp:
         self.settings = settings
         check_state_dir(settings.storage.state_dir)
         self.clock = clock or Clock()
-        self.store = Store(settings.storage.state_dir, wall_s=self.clock.wall_s)
+        self.store = Store(settings.storage.state_dir, wall_s=self.clock.wall_s,
+                           queue_cap=settings.storage.queue_cap)
         self.config = ConfigurationStore(
             self.store, default_key_table(number_of_connectors=len(settings.connectors)),
             initial=settings.ocpp.initial_config)

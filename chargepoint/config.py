@@ -79,6 +79,9 @@ class NtpSettings:
 @dataclass(frozen=True)
 class StorageSettings:
     state_dir: Path
+    # Transaction messages kept while offline before periodic MeterValues are thinned
+    # (None: the store's default, days of 10 s samples; see chargepoint/store/queue.py).
+    queue_cap: int | None = None
 
 
 @dataclass(frozen=True)
@@ -403,6 +406,7 @@ def parse_settings(doc: dict[str, Any], source: Path | None = None) -> Settings:
 
     storage_t = _table(doc, "storage")
     state_dir = _path(base, _str(storage_t, "storage", "state_dir", "/var/lib/chargepoint") or "")
+    queue_cap = _num(storage_t, "storage", "queue_cap", None, minimum=4, maximum=10_000_000, integer=True)
     control_t = _table(doc, "control")
     socket_path = _path(base, _str(control_t, "control", "socket", str(DEFAULT_CONTROL_SOCKET)) or "")
 
@@ -444,7 +448,7 @@ def parse_settings(doc: dict[str, Any], source: Path | None = None) -> Settings:
         ocpp=ocpp,
         tls=tls,
         ntp=ntp,
-        storage=StorageSettings(state_dir=state_dir),
+        storage=StorageSettings(state_dir=state_dir, queue_cap=None if queue_cap is None else int(queue_cap)),
         control=ControlSettings(socket=socket_path),
         hal=hal,
         connectors=connectors,

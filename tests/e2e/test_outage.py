@@ -161,50 +161,50 @@ async def test_offline_start_samples_and_stop_are_delivered_in_order_with_the_re
 
 
 async def test_long_outage_thins_samples_under_the_cap_and_keeps_start_first_last_stop(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path) -> None:
     """store/queue.py thinning: over its cap the queue drops every other periodic sample, never
     the Start, the Stop, nor a transaction's first and last sample; the survivors are delivered in
-    order. There is no configuration key for the cap, so the store's default is lowered here."""
+    order. The cap is the daemon's [storage] queue_cap, lowered here so a short outage exceeds it."""
     cap = 4
-    monkeypatch.setattr("chargepoint.store.queue.DEFAULT_QUEUE_CAP", cap)
-    async with charger_env(tmp_path, MeterValueSampleInterval=1, MeterValuesSampledData=REGISTER) as env, \
-            running(env) as app:
-        assert app.store.queue.cap == cap
-        await go_offline(env, app)
-        await env.asim("sim.plug", connector=1)
+    async with charger_env(tmp_path, MeterValueSampleInterval=1, MeterValuesSampledData=REGISTER) as env:
+        env.doc["storage"]["queue_cap"] = cap
+        async with running(env) as app:
+            assert app.store.queue.cap == cap
+            await go_offline(env, app)
+            await env.asim("sim.plug", connector=1)
 
-        seen: set[int] = set()
-        most = 0
+            seen: set[int] = set()
+            most = 0
 
-        def watch() -> bool:
-            nonlocal most
+            def watch() -> bool:
+                nonlocal most
+                items = app.store.queue.items()
+                most = max(most, len(items))
+                samples = [m for m in items if m.action == "MeterValues"]
+                seen.update(m.seq for m in samples)
+                # Wait until at least twice the cap of samples were taken (some thinned away).
+                return len(seen) >= 2 * cap
+            await eventually(watch, timeout_s=60, interval_s=0.02, message="many samples in the outage")
+            first_sample = min(seen)
+            await env.asim("sim.unplug", connector=1)
+            await eventually(lambda: queued(app, "StopTransaction"), timeout_s=WAIT_S, message="stop queued")
             items = app.store.queue.items()
-            most = max(most, len(items))
-            samples = [m for m in items if m.action == "MeterValues"]
-            seen.update(m.seq for m in samples)
-            # Wait until at least twice the cap of samples were taken (some thinned away).
-            return len(seen) >= 2 * cap
-        await eventually(watch, timeout_s=60, interval_s=0.02, message="many samples in the outage")
-        first_sample = min(seen)
-        await env.asim("sim.unplug", connector=1)
-        await eventually(lambda: queued(app, "StopTransaction"), timeout_s=WAIT_S, message="stop queued")
-        items = app.store.queue.items()
-        seen.update(m.seq for m in items if m.action == "MeterValues")
-        assert most <= cap and len(items) <= cap
-        kept = [m.seq for m in items if m.action == "MeterValues"]
-        assert len(kept) < len(seen)   # thinned
-        assert kept[0] == first_sample and kept[-1] == max(seen)   # the first and the last sample stay
-        assert items[0].action == "StartTransaction" and items[-1].action == "StopTransaction"
-        held = [(m.action, stamp(as_sent(app, m))) for m in items]
+            seen.update(m.seq for m in items if m.action == "MeterValues")
+            assert most <= cap and len(items) <= cap
+            kept = [m.seq for m in items if m.action == "MeterValues"]
+            assert len(kept) < len(seen)   # thinned
+            assert kept[0] == first_sample and kept[-1] == max(seen)   # the first and the last sample stay
+            assert items[0].action == "StartTransaction" and items[-1].action == "StopTransaction"
+            held = [(m.action, stamp(as_sent(app, m))) for m in items]
 
-        back = await come_back(env, app)
-        await eventually(lambda: app.store.queue.pending_count() == 0, timeout_s=WAIT_S, message="drained")
-        got = tx_messages(env, back)
-        assert [(r.action, stamp(r)) for r in got] == held
-        assert got[0].response is not None
-        transaction_id = got[0].response["transactionId"]
-        assert all(r.payload["transactionId"] == transaction_id for r in got[1:])
-    env.csms.assert_no_violations()
+            back = await come_back(env, app)
+            await eventually(lambda: app.store.queue.pending_count() == 0, timeout_s=WAIT_S, message="drained")
+            got = tx_messages(env, back)
+            assert [(r.action, stamp(r)) for r in got] == held
+            assert got[0].response is not None
+            transaction_id = got[0].response["transactionId"]
+            assert all(r.payload["transactionId"] == transaction_id for r in got[1:])
+        env.csms.assert_no_violations()
 
 
 async def test_events_before_the_first_clock_sync_are_restamped_not_sent_as_1970(tmp_path: Path) -> None:
