@@ -210,6 +210,7 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--idle", type=float, default=10.0, help="seconds to measure idle CPU")
     parser.add_argument("--peers", default="raw,naive,daemon")
+    parser.add_argument("--no-smart", action="store_true", help="skip the smart-charging figures")
     parser.add_argument("--actions", default="GetConfiguration,SetChargingProfile")
     parser.add_argument("--no-queue", action="store_true", help="skip the durable queue figures (bench/bench_queue.py)")
     args = parser.parse_args()
@@ -241,6 +242,10 @@ def main() -> int:
         from bench.bench_queue import print_tables  # durable queue: cost per sample, drain rate (p3a)
 
         print_tables()
+    if not args.no_smart:
+        from bench.bench_smartcharging import print_tables as smart_tables
+
+        smart_tables()
     if "--json" in sys.argv:
         print(json.dumps(results, indent=2))
     return 0
