@@ -18,8 +18,9 @@ Two columns besides the error code:
 Choices worth knowing:
 
 - meter_lost -> PowerMeterFailure as a WARNING that does not stop charging.
-  The energy keeps flowing safely; what is lost is billing accuracy, and the
-  transaction's meter values then carry the last good reading. Stopping a
+  The energy keeps flowing safely; what is lost is billing accuracy: no
+  MeterValues are sent while the meter is lost (never a stale or invented
+  value), and meterStop falls back to the last good reading. Stopping a
   car's charge because an RS-485 meter missed a few polls is what field users
   complain about most; the central system still sees the error code (with
   the current status, e.g. Charging) and can stop the transaction remotely.
