@@ -2,8 +2,9 @@
 
 Starts the bundled central system (wss on localhost:8443, certificates generated on
 first use, Basic auth) and a local NTP responder, then the real daemon
-(`chargepoint run --config config/sim.toml`) on simulated EVSE hardware and meter,
-and plays a charging session: plug in, present a card, charge under a
+(`chargepoint run --config config/sim.toml`) on simulated EVSE hardware (its meter
+served as an SDM630 on Modbus TCP 127.0.0.1:15020 and read through pymodbus), and
+plays a charging session: plug in, present a card, charge under a
 smart-charging schedule that lowers, pauses and raises the limit, ride out a
 central-system outage (transaction messages queue durably and drain in order),
 stop and unplug. Then it keeps showing the charger's state until Ctrl-C, which

@@ -7,6 +7,10 @@ Either way a connector with a [meter] table gets a ModbusMeter in place of the
 backend's own meter; meters on the same serial port or TCP endpoint share one
 bus (BusPool). In the simulator the EV still draws current through the sim
 physics; the Modbus meter then reports whatever the external meter measures.
+With `[hal] sim_meter_modbus = true` (sim only; `make run`) the process itself
+serves the sim meter on the [meter] TCP endpoint and reads it back through
+pymodbus (hal.modbus.sim_server.SelfServedSimMeter): the simulated EV metered
+through a real Modbus stack.
 The SimBoard stays reachable as board.extra["sim"] for the sim.* commands.
 """
 
@@ -23,6 +27,11 @@ def build_board(settings: Settings, *, monotonic: Callable[[], float] = time.mon
     options = settings.hal.options
     phases = [c.phases for c in settings.connectors]
     board: Board
+    serve_sim = options.get("sim_meter_modbus", False)
+    if not isinstance(serve_sim, bool) or (serve_sim and settings.hal.backend != "sim"):
+        raise ConfigError("hal.sim_meter_modbus", "must be true or false, and true only with the sim backend")
+    if serve_sim and all(connector.meter is None for connector in settings.connectors):
+        raise ConfigError("hal.sim_meter_modbus", "needs a [meter] table (driver, host, port) to serve on")
     if settings.hal.backend == "sim":
         from hal.sim.board import DEFAULT_PERSIST_INTERVAL_S, SimBoard
 
@@ -48,8 +57,18 @@ def build_board(settings: Settings, *, monotonic: Callable[[], float] = time.mon
         if connector.meter is None:
             continue
         prefix = "meter" if index == 0 else f"connector[{index}].meter"
+        if serve_sim and connector.meter.transport != "tcp":
+            raise ConfigError(f"{prefix}.transport", "sim_meter_modbus serves the sim meter on Modbus TCP")
         try:
-            board.connectors[index].meter = ModbusMeter.from_settings(connector.meter, pool)
+            meter = ModbusMeter.from_settings(connector.meter, pool)
         except ValueError as exc:
             raise ConfigError(prefix, str(exc)) from None
+        board.connectors[index].meter = meter
+        if serve_sim:
+            from hal.modbus.sim_server import SelfServedSimMeter
+            from hal.sim.board import SimBoard
+
+            assert isinstance(board, SimBoard)
+            board.connectors[index].meter = SelfServedSimMeter(board, connector.connector_id, meter,
+                                                               host=connector.meter.host, port=connector.meter.port)
     return board

@@ -20,7 +20,8 @@ from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from hal.interfaces import MeterReading
+from hal.interfaces import MeterError, MeterReading
+from hal.modbus.meter import ModbusMeter
 from hal.modbus.registers import READ_HOLDING_REGISTERS, RegisterMap, encode
 
 log = logging.getLogger("chargepoint.hal.modbus")
@@ -34,6 +35,8 @@ _UNUSED_ADDRESS = 0xFFF0
 
 class _ReadingMeter(Protocol):
     def reading(self) -> MeterReading: ...
+
+    async def read(self) -> MeterReading: ...
 
 
 class SimBoardLike(Protocol):
@@ -124,3 +127,39 @@ async def serve_sim_meter(board: SimBoardLike, connector_id: int = 1, *, driver:
     server = SimulatedMeterServer(SimulatedMeter(register_map(driver), sim_meter.reading, unit_id=unit_id))
     await server.start_tcp(host, port)
     return server
+
+
+class SelfServedSimMeter:
+    """EnergyMeter for `make run` (`[hal] sim_meter_modbus = true`): this process serves a SimBoard
+    connector's meter on Modbus TCP and reads it back through `reader`, a ModbusMeter pointed at the
+    same host:port, so the simulated EV is metered through a real Modbus stack.
+
+    The server starts on the first read (pymodbus needs the running loop); a port it cannot bind is a
+    MeterError (PowerMeterFailure, never fatal), tried again at the next read. A `meter_lost` fault
+    injected into the simulator still fails the meter, as it does without Modbus.
+    """
+
+    def __init__(self, board: SimBoardLike, connector_id: int, reader: ModbusMeter, *, host: str,
+                 port: int) -> None:
+        self.board = board
+        self.connector_id = connector_id
+        self.reader = reader
+        self.host = host
+        self.port = port
+        self.server: SimulatedMeterServer | None = None
+
+    async def read(self) -> MeterReading:
+        await self.board.sim_meter(self.connector_id).read()
+        if self.server is None:
+            try:
+                self.server = await serve_sim_meter(self.board, self.connector_id, driver=self.reader.register_map.name,
+                                                    unit_id=self.reader.unit_id, host=self.host, port=self.port)
+            except (OSError, RuntimeError) as exc:  # pymodbus reports a failed bind as RuntimeError
+                raise MeterError(f"cannot serve the simulated meter on {self.host}:{self.port}: {exc}") from None
+        return await self.reader.read()
+
+    async def close(self) -> None:
+        await self.reader.close()
+        if self.server is not None:
+            server, self.server = self.server, None
+            await server.stop()

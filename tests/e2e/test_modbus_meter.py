@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,7 @@ from chargepoint.csms.server import Received
 from hal.interfaces import MeterReading
 from hal.modbus.meter import ModbusMeter
 from hal.modbus.registers import register_map
-from hal.modbus.sim_server import SimulatedMeter, SimulatedMeterServer
-from hal.sim.board import SimBoard
+from hal.modbus.sim_server import SelfServedSimMeter, SimulatedMeter, SimulatedMeterServer
 from tests.hal.modbus.ptylink import PtyLink
 from tests.support.harness import CP_ID, ChargerEnv, charger_env, eventually
 
@@ -320,42 +320,43 @@ async def test_meter_lost_mid_transaction_is_a_power_meter_failure_warning_and_r
         await second_server.stop()
 
 
+def free_tcp_port() -> int:
+    # The charger binds the configured port itself; the OS picks one that is free now.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 async def test_the_simulated_ev_charges_through_a_modbus_meter_its_register_rises_3_16_1(tmp_path: Path) -> None:
-    """The sim board's own meter served as an SDM630 over Modbus TCP (hal.modbus.sim_server), read back
-    by the charger's ModbusMeter: the EV's draw shows as power, per-phase current and a rising register."""
-    served = SimulatedMeter(register_map("sdm630"), lambda: MeterReading(0.0, 0.0, (0.0,) * 3, (230.0,) * 3))
-    server = SimulatedMeterServer(served)
-    port = await server.start_tcp()
-    try:
-        async with charger_env(tmp_path, MeterValueSampleInterval=1, MeterValuesSampledData=SAMPLED) as env:
-            use_tcp_meter(env, "sdm630", port)
-            env.doc["authorization"] = {"free_vend_id_tag": FREE_VEND}
-            env.doc["hal"]["persist_interval_s"] = 0.5  # the sim meter's register is what it last committed
-            app = ChargePointApp(env.settings(), validate_outbound=True)
-            assert isinstance(app.board.connector(1).meter, ModbusMeter)  # fitted by hal.factory
-            sim = app.board.extra["sim"]
-            assert isinstance(sim, SimBoard)
-            served.source = sim.sim_meter(1).reading
-            await app.start()
-            try:
-                await env.csms.wait_for("BootNotification", timeout_s=WAIT_S)
-                start = await plug_and_start(env)
-                entry = await connector_status(env, lambda c: bool(c["meter"]) and c["meter"]["power_w"] > 0,
-                                               "the EV drawing")
-                meter = entry["meter"]
-                assert meter["current_a"] == [32.0, 32.0, 32.0]
-                product_w = sum(a * v for a, v in zip(meter["current_a"], meter["voltage_v"], strict=True))
-                assert meter["power_w"] == pytest.approx(product_w, rel=0.01)
-                rising = await env.csms.wait_for(
-                    "MeterValues", lambda p: int(sampled(p, ENERGY)[0]["value"]) > start.payload["meterStart"],
-                    timeout_s=WAIT_S)
-                assert rising.payload["transactionId"] == transaction_id(start)
-                await env.asim("sim.unplug", connector=1)
-                stop = await env.csms.wait_for("StopTransaction", timeout_s=WAIT_S)
-                assert stop.payload["meterStop"] >= int(sampled(rising.payload, ENERGY)[0]["value"])
-                assert served.requests > 0
-            finally:
-                await app.stop()
-            env.csms.assert_no_violations()
-    finally:
-        await server.stop()
+    """`make run`'s meter (`[hal] sim_meter_modbus = true`): the charger serves the sim board's meter as
+    an SDM630 on Modbus TCP and reads it back through pymodbus. The EV's draw shows as power, per-phase
+    current and a rising register; the simulator's meter_lost fault still reads as PowerMeterFailure."""
+    async with charger_env(tmp_path, MeterValueSampleInterval=1, MeterValuesSampledData=SAMPLED) as env:
+        use_tcp_meter(env, "sdm630", free_tcp_port())
+        env.doc["hal"].update(sim_meter_modbus=True, persist_interval_s=0.5)  # the register is the last committed
+        async with running(env) as app:
+            meter = app.board.connector(1).meter
+            assert isinstance(meter, SelfServedSimMeter) and isinstance(meter.reader, ModbusMeter)
+            start = await plug_and_start(env)
+            entry = await connector_status(env, lambda c: bool(c["meter"]) and c["meter"]["power_w"] > 0,
+                                           "the EV drawing")
+            reading = entry["meter"]
+            assert reading["current_a"] == [32.0, 32.0, 32.0]
+            product_w = sum(a * v for a, v in zip(reading["current_a"], reading["voltage_v"], strict=True))
+            assert reading["power_w"] == pytest.approx(product_w, rel=0.01)
+            rising = await env.csms.wait_for(
+                "MeterValues", lambda p: int(sampled(p, ENERGY)[0]["value"]) > start.payload["meterStart"],
+                timeout_s=WAIT_S)
+            assert rising.payload["transactionId"] == transaction_id(start)
+            assert meter.server is not None and sum(m.requests for m in meter.server.meters.values()) > 0
+
+            await env.asim("sim.fault", connector=1, kind="meter_lost")
+            lost = await env.csms.wait_for("StatusNotification", lambda p: p["errorCode"] == "PowerMeterFailure",
+                                           timeout_s=WAIT_S)
+            await env.asim("sim.clear", connector=1)
+            await env.csms.wait_for("StatusNotification", lambda p: p["errorCode"] == "NoError",
+                                    timeout_s=WAIT_S, after_index=lost.index)
+            await env.asim("sim.unplug", connector=1)
+            stop = await env.csms.wait_for("StopTransaction", timeout_s=WAIT_S)
+            assert stop.payload["meterStop"] >= int(sampled(rising.payload, ENERGY)[0]["value"])
+        env.csms.assert_no_violations()
