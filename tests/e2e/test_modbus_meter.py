@@ -117,6 +117,9 @@ SDM630_READING = MeterReading(energy_wh=12345600.0, power_w=11040.0, current_a=(
 
 async def test_sdm630_over_tcp_register_in_status_meter_start_and_meter_values_never_rebased_3_16(
         tmp_path: Path) -> None:
+    """An Eastron SDM630 (float32, input registers) at 12345.6 kWh, which no float32 holds exactly: the
+    charger reports what the meter displays, 12345600 Wh, in status, meterStart, MeterValues and
+    meterStop; the register the meter holds, never Wh since the start (§7.31, errata 3.9)."""
     source = MeterValuesSource(SDM630_READING)
     async with modbus_tcp_meter("sdm630", source) as (server, _meter), \
             charger_env(tmp_path, MeterValueSampleInterval=1, MeterValuesSampledData=SAMPLED) as env:
@@ -163,6 +166,8 @@ OTHER_ENCODINGS = {
 
 @pytest.mark.parametrize("driver", sorted(OTHER_ENCODINGS))
 async def test_scaled_integer_meters_over_tcp_give_the_register_in_wh_3_16(tmp_path: Path, driver: str) -> None:
+    """ABB B23 (U64/U32/S32 high word first, holding registers) and Carlo Gavazzi EM340 (INT32 low word
+    first) on unit 17: the same readings, scaled to Wh, W, A and V, reach status and the messages."""
     reading = OTHER_ENCODINGS[driver]
     source = MeterValuesSource(reading)
     async with modbus_tcp_meter(driver, source, unit_id=17) as (server, _meter), \
