@@ -28,8 +28,12 @@ def setup_logging(level: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     # Libraries log frames and handshakes at DEBUG/INFO: keep them quiet unless debugging.
-    for noisy in ("websockets", "pymodbus", "asyncio"):
+    for noisy in ("websockets", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING if level != "DEBUG" else logging.INFO)
+    # pymodbus logs every failed poll at ERROR with frame dumps (~10 lines a poll): a silent
+    # meter polled each second would flood the journal and wear the flash. Our meter service
+    # reports the loss once (chargepoint.meter).
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL if level != "DEBUG" else logging.INFO)
 
 
 def validate_runtime_settings(settings: Settings) -> None:
