@@ -65,6 +65,7 @@ class Demo:
         self.ntp = NtpServer(host=ntp_host, port=ntp_port)
         self.daemon: subprocess.Popen[bytes] | None = None
         self._seen = 0
+        self._stopped = False
 
     def ctl(self, cmd: str, **params: Any) -> dict[str, Any]:
         return request(self.socket, {"cmd": cmd, **params})
@@ -107,6 +108,18 @@ class Demo:
             await asyncio.sleep(min(every_s, max(0.0, deadline - time.monotonic())))
         self.narrate_messages()
 
+    async def watch_until(self, done: Any, timeout_s: float, every_s: float = 2.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.narrate_messages()
+            with contextlib.suppress(OSError, KeyError):
+                status = await self.status()
+                print(line(status), flush=True)
+                if done(status):
+                    break
+            await asyncio.sleep(every_s)
+        self.narrate_messages()
+
     def profile(self, transaction_id: int | None) -> dict[str, Any]:
         start = dt.datetime.now(dt.UTC).replace(microsecond=0)
         profile: dict[str, Any] = {
@@ -143,9 +156,10 @@ class Demo:
         say("the central system goes down for 20 s: transaction messages queue on the charger's disk")
         await self.csms.stop()
         await self.watch(20)
-        say("the central system is back: the queue drains in order")
+        say("the central system is back; the charger reconnects after its back-off and drains the queue in order")
         await self.csms.start(port=self.port)
-        await self.watch(12)
+        await self.watch_until(lambda s: s["connection"] == "connected" and s["queue"]["pending"] == 0, 120)
+        await self.watch(4)
         say(f"the driver presents {CARD} again to stop, then unplugs")
         await self.actl("sim.swipe", id_tag=CARD, connector=1)
         await self.csms.wait_for("StopTransaction", timeout_s=30)
@@ -192,6 +206,9 @@ class Demo:
         return 0
 
     async def shutdown(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
         say("stopping ...")
         if self.daemon is not None and self.daemon.poll() is None:
             self.daemon.send_signal(signal.SIGTERM)
