@@ -53,12 +53,10 @@ import logging
 import os
 import re
 import ssl
-import tarfile
 import threading
 import urllib.error
 import urllib.request
 import uuid
-import zipfile
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -212,6 +210,8 @@ def scrub(text: str, secrets: list[str]) -> str:
 
 
 def tar_gz(members: dict[str, str], *, mtime_s: float) -> bytes:
+    import tarfile  # only when an archive is made: not part of the idle daemon's memory
+
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
         for name, text in members.items():
@@ -313,6 +313,9 @@ Installer = Callable[[Path], str]
 
 def default_installer(path: Path) -> str:
     """Accepts a gzip'd tar or a wheel; returns the version named by the file."""
+    import tarfile  # only when firmware is installed: not part of the idle daemon's memory
+    import zipfile
+
     name = path.name
     if name.endswith(".whl"):
         if not zipfile.is_zipfile(path):
@@ -434,7 +437,9 @@ class FirmwareService:
         self._diagnostics_task: asyncio.Task[None] | None = None
         self._diagnostics_status: str | None = None      # "Uploading" while an upload runs
         self._unavailable: set[int] = set()              # connectors we made Unavailable (L01.FR.07)
-        self._opener = make_opener(app.settings.tls.ca_file)
+        # Built on the first transfer: an SSL context with the CA bundle loaded costs memory
+        # (~1 MB with a system bundle) for a feature most chargers use once a year.
+        self._opener_built: urllib.request.OpenerDirector | None = None
         app.on("UpdateFirmware", self.on_update_firmware)
         app.on("GetDiagnostics", self.on_get_diagnostics)
         if app.trigger is not None:
@@ -442,6 +447,12 @@ class FirmwareService:
             app.trigger.register("DiagnosticsStatusNotification", self._trigger_diagnostics_status)
         app.add_status_contributor(self._contribute)
         self._installed_job = self._take_installed_job()
+
+    @property
+    def _opener(self) -> urllib.request.OpenerDirector:
+        if self._opener_built is None:
+            self._opener_built = make_opener(self.app.settings.tls.ca_file)
+        return self._opener_built
 
     # ------------------------------------------------------------------ state
 

@@ -27,7 +27,9 @@ Certificates (A02, A03, M03, M04, M05), under `state_dir/certs/`
     (M04.FR.06, conservatively: we cannot tell which root validated the connection).
     Hash data (§6.1, edition 3): issuerNameHash over the DER of the certificate's issuer
     name, issuerKeyHash over the issuer's public key bits (RFC 6960 CertID), serialNumber
-    in hex without leading zeroes.
+    in hex without leading zeroes. The parsing and checking is services/certificates.py,
+    imported on the first certificate operation only (`cryptography` is ~7 MB of RSS a
+    charger without certificates never needs); looking at the files needs no parsing.
 
     ExtendedTriggerMessage(SignChargePointCertificate) (A02): a new EC P-256 key (A00.FR.503)
     and a CSR with CN = charge point id, O = CpoName (A02.FR.13; Rejected while CpoName is
@@ -60,8 +62,6 @@ GetLog (N01)
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import datetime as dt
 import hashlib
@@ -70,13 +70,6 @@ import os
 import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
-from cryptography.x509 import ocsp
-from cryptography.x509.oid import NameOID
 
 from chargepoint.clock import EventTime
 from chargepoint.ocppj.session import Reply
@@ -96,6 +89,8 @@ from chargepoint.services.tx_delivery import TransactionMessageSender
 from chargepoint.store.queue import time_ref
 
 if TYPE_CHECKING:
+    from cryptography import x509
+
     from chargepoint.app import ChargePointApp
 
 log = logging.getLogger("chargepoint.security")
@@ -116,119 +111,25 @@ PUSHED_EVENTS = CRITICAL_EVENTS | {"InvalidFirmwareSigningCertificate", "Invalid
 SECURITY_LOG_MAX_ROWS = 1000
 TECH_INFO_MAX_LEN = 255          # SecurityEventNotification.techInfo string[0..255]
 
-HASH_ALGORITHMS: dict[str, type[hashes.HashAlgorithm]] = {
-    "SHA256": hashes.SHA256, "SHA384": hashes.SHA384, "SHA512": hashes.SHA512}
-MAX_CHAIN_DEPTH = 5
 RENEW_BEFORE_S = 30 * 86400.0    # A03.FR.02: one month before expiry
 RENEW_RETRY_S = 86400.0
 WATCH_INTERVAL_S = 2.0
 RENEWAL_CHECK_INTERVAL_S = 3600.0
 
-
-# ---------------------------------------------------------------------- pure certificate logic
-
-
-def load_certificates(pem: str | bytes) -> list[x509.Certificate]:
-    """The PEM certificates in `pem`; ValueError when there is none or one is broken."""
-    data = pem.encode() if isinstance(pem, str) else pem
-    return x509.load_pem_x509_certificates(data)
+# The pure certificate logic lives in services/certificates.py and needs `cryptography`
+# (~7 MB RSS): it is imported on the first certificate operation, never at start-up.
+_CERTIFICATE_LOGIC = frozenset({
+    "HASH_ALGORITHMS", "MAX_CHAIN_DEPTH", "certificate_hash_data", "fingerprint", "hash_data_matches", "is_ca",
+    "issued_by", "load_certificates", "make_csr", "signature_valid", "validity_problem", "verify_chain"})
 
 
-def fingerprint(cert: x509.Certificate) -> str:
-    return cert.fingerprint(hashes.SHA256()).hex()
+def __getattr__(name: str) -> Any:
+    """`from chargepoint.services.security import verify_chain` still works (loaded lazily)."""
+    if name in _CERTIFICATE_LOGIC:
+        from chargepoint.services import certificates
 
-
-def is_ca(cert: x509.Certificate) -> bool:
-    try:
-        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
-    except x509.ExtensionNotFound:
-        return False
-
-
-def validity_problem(cert: x509.Certificate, now: dt.datetime | None) -> str | None:
-    """Why `cert` is not valid at `now` (None: valid, or the time is not known)."""
-    if now is None:
-        return None
-    if now < cert.not_valid_before_utc:
-        return f"not valid before {cert.not_valid_before_utc:%Y-%m-%dT%H:%M:%SZ}"
-    if now > cert.not_valid_after_utc:
-        return f"expired {cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}"
-    return None
-
-
-def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    """`issuer` signed `cert` (names match and the signature verifies)."""
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
-
-
-def verify_chain(chain: list[x509.Certificate], roots: list[x509.Certificate], now: dt.datetime | None,
-                 *, allow_intermediates: bool = True) -> str | None:
-    """None when chain[0] chains up to one of `roots` (through CA certificates of chain[1:]
-    if allowed), every certificate valid at `now`; otherwise the reason."""
-    if not chain:
-        return "no certificate"
-    if not roots:
-        return "no trusted root certificate installed"
-    current, pool = chain[0], list(chain[1:])
-    for _ in range(MAX_CHAIN_DEPTH):
-        problem = validity_problem(current, now)
-        if problem is not None:
-            return f"{current.subject.rfc4514_string()}: {problem}"
-        for root in roots:
-            if is_ca(root) and issued_by(current, root):
-                root_problem = validity_problem(root, now)
-                return None if root_problem is None else f"root {root.subject.rfc4514_string()}: {root_problem}"
-        if not allow_intermediates:
-            return "not issued by a trusted root certificate"
-        issuer = next((c for c in pool if is_ca(c) and issued_by(current, c)), None)
-        if issuer is None:
-            return "not issued by a trusted root certificate"
-        pool.remove(issuer)
-        current = issuer
-    return "certificate chain too long"
-
-
-def certificate_hash_data(cert: x509.Certificate, issuer: x509.Certificate,
-                          algorithm: str = "SHA256") -> dict[str, str]:
-    """CertificateHashDataType (Security WP §6.1, edition 3 / RFC 6960 CertID)."""
-    hash_cls = HASH_ALGORITHMS[algorithm]
-    digest = hashes.Hash(hash_cls())
-    digest.update(cert.issuer.public_bytes())        # DER of the issuer name field
-    name_hash = digest.finalize()
-    # The issuer key hash as OCSP computes it: over the subjectPublicKey bits of the issuer.
-    request = ocsp.OCSPRequestBuilder().add_certificate(cert, issuer, hash_cls()).build()
-    return {
-        "hashAlgorithm": algorithm,
-        "issuerNameHash": name_hash.hex(),
-        "issuerKeyHash": request.issuer_key_hash.hex(),
-        "serialNumber": format(cert.serial_number, "X"),
-    }
-
-
-def hash_data_matches(ours: dict[str, str], theirs: dict[str, Any]) -> bool:
-    """Equal as CiStrings; serial numbers compared without leading zeroes."""
-    def serial(text: Any) -> str:
-        return str(text).upper().lstrip("0") or "0"
-
-    return (ours["hashAlgorithm"] == theirs.get("hashAlgorithm")
-            and ours["issuerNameHash"].lower() == str(theirs.get("issuerNameHash", "")).lower()
-            and ours["issuerKeyHash"].lower() == str(theirs.get("issuerKeyHash", "")).lower()
-            and serial(ours["serialNumber"]) == serial(theirs.get("serialNumber", "")))
-
-
-def make_csr(common_name: str, organization: str) -> tuple[bytes, str]:
-    """(private key PEM, CSR PEM): EC P-256 (A00.FR.503), signed with SHA-256 (RFC 2986)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-                         x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization)])
-    csr = x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, hashes.SHA256())
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-    return key_pem, csr.public_bytes(serialization.Encoding.PEM).decode()
+        return getattr(certificates, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def sha256_file(path: Path) -> bytes:
@@ -237,32 +138,6 @@ def sha256_file(path: Path) -> bytes:
         while chunk := fh.read(1024 * 1024):
             digest.update(chunk)
     return digest.digest()
-
-
-def signature_valid(cert: x509.Certificate, sha256_digest: bytes, signature_b64: str) -> bool:
-    """The base64 signature over a file whose SHA-256 is `sha256_digest`, made with the key of
-    `cert`: ECDSA, or RSA-PSS (L01.FR.04) / PKCS#1 v1.5 for an RSA key."""
-    try:
-        signature = base64.b64decode("".join(signature_b64.split()), validate=True)
-    except (binascii.Error, ValueError):
-        return False
-    prehashed = utils.Prehashed(hashes.SHA256())
-    key = cert.public_key()
-    try:
-        if isinstance(key, ec.EllipticCurvePublicKey):
-            key.verify(signature, sha256_digest, ec.ECDSA(prehashed))
-            return True
-        if isinstance(key, rsa.RSAPublicKey):
-            for scheme in (padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.AUTO),
-                           padding.PKCS1v15()):
-                try:
-                    key.verify(signature, sha256_digest, scheme, prehashed)
-                    return True
-                except InvalidSignature:
-                    continue
-    except (InvalidSignature, ValueError):
-        return False
-    return False
 
 
 def _write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
@@ -279,16 +154,28 @@ def _write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
 
 
 class CertificateStore:
-    """Certificates as PEM files under one directory (layout in the module docstring)."""
+    """Certificates as PEM files under one directory (layout in the module docstring).
+
+    Looking at the files (is there a bundle, are there certificates of a kind) needs no
+    `cryptography`; parsing them (only when there are some) loads services/certificates.py.
+    """
 
     def __init__(self, directory: Path) -> None:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
 
-    def roots(self, kind: str) -> list[tuple[Path, x509.Certificate]]:
+    def root_files(self, kind: str) -> list[Path]:
         folder = self.dir / kind
+        return sorted(folder.glob("*.pem")) if folder.is_dir() else []
+
+    def roots(self, kind: str) -> list[tuple[Path, x509.Certificate]]:
         found: list[tuple[Path, x509.Certificate]] = []
-        for path in sorted(folder.glob("*.pem")) if folder.is_dir() else []:
+        files = self.root_files(kind)
+        if not files:
+            return found
+        from chargepoint.services.certificates import load_certificates
+
+        for path in files:
             try:
                 found.append((path, load_certificates(path.read_bytes())[0]))
             except (ValueError, OSError) as exc:
@@ -299,10 +186,12 @@ class CertificateStore:
         return sum(len(self.roots(kind)) for kind in ROOT_KINDS)
 
     def install_root(self, kind: str, cert: x509.Certificate) -> Path:
+        from chargepoint.services.certificates import fingerprint, to_pem
+
         folder = self.dir / kind
         folder.mkdir(exist_ok=True, mode=0o700)
         path = folder / f"{fingerprint(cert)}.pem"
-        _write_atomic(path, cert.public_bytes(serialization.Encoding.PEM))
+        _write_atomic(path, to_pem([cert]))
         self.write_bundle()
         return path
 
@@ -320,7 +209,9 @@ class CertificateStore:
             with contextlib.suppress(FileNotFoundError):
                 self.bundle_path.unlink()
             return
-        _write_atomic(self.bundle_path, b"".join(c.public_bytes(serialization.Encoding.PEM) for _, c in roots))
+        from chargepoint.services.certificates import to_pem
+
+        _write_atomic(self.bundle_path, to_pem([c for _, c in roots]))
 
     # -- the charge point's own key and certificates
 
@@ -332,8 +223,10 @@ class CertificateStore:
         _write_atomic(self.pending_key_path, key_pem, 0o600)
 
     def pending_key(self) -> Any:
+        from chargepoint.services.certificates import load_private_key
+
         try:
-            return serialization.load_pem_private_key(self.pending_key_path.read_bytes(), password=None)
+            return load_private_key(self.pending_key_path.read_bytes())
         except (OSError, ValueError, TypeError):
             return None
 
@@ -342,19 +235,26 @@ class CertificateStore:
             self.pending_key_path.unlink()
 
     def save_charge_point_certificate(self, chain: list[x509.Certificate], key_pem: bytes) -> Path:
+        from chargepoint.services.certificates import fingerprint, to_pem
+
         folder = self.dir / CP_CERT
         folder.mkdir(exist_ok=True, mode=0o700)
         leaf = chain[0]
         stem = f"{leaf.not_valid_before_utc:%Y%m%dT%H%M%SZ}-{fingerprint(leaf)[:16]}"
         _write_atomic(folder / f"{stem}.key", key_pem, 0o600)
         path = folder / f"{stem}.pem"
-        _write_atomic(path, b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain))
+        _write_atomic(path, to_pem(chain))
         return path
 
     def charge_point_certificates(self) -> list[tuple[Path, Path, x509.Certificate]]:
         folder = self.dir / CP_CERT
         found: list[tuple[Path, Path, x509.Certificate]] = []
-        for path in sorted(folder.glob("*.pem")) if folder.is_dir() else []:
+        files = sorted(folder.glob("*.pem")) if folder.is_dir() else []
+        if not files:
+            return found
+        from chargepoint.services.certificates import load_certificates
+
+        for path in files:
             key = path.with_suffix(".key")
             try:
                 found.append((path, key, load_certificates(path.read_bytes())[0]))
@@ -490,6 +390,8 @@ class SecurityService:
         current = self.client_certificate()
         if current is None or not self.app.config.raw("CpoName"):
             return
+        from chargepoint.services.certificates import load_certificates
+
         cert = load_certificates(current[0].read_bytes())[0]
         if cert.not_valid_after_utc.timestamp() - self.app.clock.wall_s() > RENEW_BEFORE_S:
             return
@@ -504,8 +406,13 @@ class SecurityService:
 
     def client_certificate(self) -> tuple[Path, Path] | None:
         """(certificate chain PEM, key PEM) of the newest valid client certificate (A02.FR.08/09)."""
+        found = self.certs.charge_point_certificates()
+        if not found:
+            return None   # no certificate files: nothing to parse (cryptography not loaded)
+        from chargepoint.services.certificates import validity_problem
+
         now = self._now()
-        usable = [(cert.not_valid_before_utc, path, key) for path, key, cert in self.certs.charge_point_certificates()
+        usable = [(cert.not_valid_before_utc, path, key) for path, key, cert in found
                   if key.exists() and validity_problem(cert, now) is None]
         if not usable:
             return None
@@ -517,11 +424,13 @@ class SecurityService:
         return self.certs.bundle_path if self.certs.bundle_path.exists() else None
 
     def requires_signed_firmware(self) -> bool:
-        return bool(self.certs.roots(MF_ROOT))
+        return bool(self.certs.roots(MF_ROOT))   # parsed only when there are files
 
     # ------------------------------------------------------------------ M03 / M04 / M05
 
     async def on_install_certificate(self, payload: dict[str, Any]) -> dict[str, Any]:
+        from chargepoint.services.certificates import fingerprint, is_ca, load_certificates, validity_problem
+
         kind = payload["certificateType"]
         try:
             certs = load_certificates(payload["certificate"])
@@ -553,6 +462,8 @@ class SecurityService:
         return {"status": "Accepted"}
 
     def _issuer_of(self, cert: x509.Certificate) -> x509.Certificate:
+        from chargepoint.services.certificates import issued_by
+
         if cert.issuer == cert.subject:
             return cert
         for kind in ROOT_KINDS:
@@ -563,13 +474,19 @@ class SecurityService:
         return cert
 
     async def on_get_installed_certificate_ids(self, payload: dict[str, Any]) -> dict[str, Any]:
-        entries = [certificate_hash_data(cert, self._issuer_of(cert))
-                   for _, cert in self.certs.roots(payload["certificateType"])]
+        installed = self.certs.roots(payload["certificateType"])
+        if not installed:
+            return {"status": "NotFound"}   # M03.FR.02
+        from chargepoint.services.certificates import certificate_hash_data
+
+        entries = [certificate_hash_data(cert, self._issuer_of(cert)) for _, cert in installed]
         if not entries:
             return {"status": "NotFound"}   # M03.FR.02
         return {"status": "Accepted", "certificateHashData": entries}
 
     async def on_delete_certificate(self, payload: dict[str, Any]) -> dict[str, Any]:
+        from chargepoint.services.certificates import certificate_hash_data, hash_data_matches
+
         wanted = payload["certificateHashData"]
         algorithm = wanted["hashAlgorithm"]
         for kind in ROOT_KINDS:
@@ -601,6 +518,8 @@ class SecurityService:
         """Generate a key and send SignCertificate.req; True when the central system accepted it."""
         cpo_name = self.app.config.raw("CpoName")
         cp_id = self.app.settings.ocpp.charge_point_id
+        from chargepoint.services.certificates import make_csr
+
         key_pem, csr_pem = await asyncio.to_thread(make_csr, cp_id, cpo_name)
         self.certs.save_pending_key(key_pem)
         conf = await self.app.try_call("SignCertificate", {"csr": csr_pem}, allow_unregistered=triggered)
@@ -609,17 +528,18 @@ class SecurityService:
         return status == "Accepted"
 
     def _charge_point_certificate_problem(self, chain: list[x509.Certificate]) -> str | None:
+        from chargepoint.services.certificates import common_names, has_organization, holds_key, verify_chain
+
         leaf = chain[0]
         key = self.certs.pending_key()
         if key is None:
             return "no certificate signing request pending"
-        fmt = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-        if leaf.public_key().public_bytes(*fmt) != key.public_key().public_bytes(*fmt):
+        if not holds_key(leaf, key):
             return "not the key of our certificate signing request"
-        common_names = [a.value for a in leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
-        if common_names != [self.app.settings.ocpp.charge_point_id]:
-            return f"subject CN {common_names} is not this charge point"   # A00.FR.511
-        if not leaf.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME):
+        names = common_names(leaf)
+        if names != [self.app.settings.ocpp.charge_point_id]:
+            return f"subject CN {names} is not this charge point"   # A00.FR.511
+        if not has_organization(leaf):
             return "subject has no organizationName"   # A00.FR.509
         roots = [c for _, c in self.certs.roots(CS_ROOT)] or self._configured_roots()
         return verify_chain(chain, roots, self._now())
@@ -628,6 +548,8 @@ class SecurityService:
         ca_file = self.app.settings.tls.ca_file
         if ca_file is None:
             return []
+        from chargepoint.services.certificates import load_certificates
+
         try:
             return load_certificates(Path(ca_file).read_bytes())
         except (OSError, ValueError):
@@ -640,6 +562,8 @@ class SecurityService:
         if len(text) > self.app.config.get_int("CertificateSignedMaxChainSize"):
             problem = "certificateChain longer than CertificateSignedMaxChainSize"
         else:
+            from chargepoint.services.certificates import load_certificates
+
             try:
                 chain = load_certificates(text)
                 problem = self._charge_point_certificate_problem(chain)
@@ -702,6 +626,8 @@ class SecurityService:
     # ------------------------------------------------------------------ L01
 
     def signing_certificate_problem(self, pem: str) -> str | None:
+        from chargepoint.services.certificates import load_certificates, verify_chain
+
         try:
             certs = load_certificates(pem)
         except ValueError as exc:
@@ -742,6 +668,8 @@ class SecurityService:
 
     async def verify_firmware(self, job: FirmwareJob, path: Path) -> str | None:
         """None when `path` carries a valid signature of the job's signing certificate."""
+        from chargepoint.services.certificates import load_certificates, signature_valid
+
         problem: str | None
         try:
             cert = load_certificates(job.signing_certificate or "")[0]
