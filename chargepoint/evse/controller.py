@@ -140,6 +140,7 @@ class ConnectorController:
         self._limit_source: str | None = None
         self._available = True
         self._reserved = False
+        self._lock_held = False
         self._preparing = False
         self._finishing = False
         self._transaction_active = False
@@ -188,6 +189,10 @@ class ConnectorController:
     def set_available(self, available: bool) -> None:
         """ChangeAvailability Operative (True) / Inoperative (False), once effective."""
         self._set("_available", available)
+
+    def set_lock_held(self, held: bool) -> None:
+        """Keep the cable locked although the EV side is unplugged (OCPP 1.6 §4.10, errata 3.5)."""
+        self._set("_lock_held", held)
 
     def set_reserved(self, reserved: bool) -> None:
         self._set("_reserved", reserved)
@@ -272,6 +277,7 @@ class ConnectorController:
             "ev_drawing": self._drawing,
             "cable_rating_a": self._cable_rating_a,
             "locked": self._lock_commanded,
+            "lock_held": self._lock_held,
             "faults": sorted(str(f) for f in self._faults),
         }
 
@@ -308,7 +314,7 @@ class ConnectorController:
             cp_state=raw_state, faults=frozenset(faults), energy_allowed=self._energy_allowed,
             available=self._available, limit_a=self._limit_a, connector_max_a=self._max_current_a,
             cable_rating_a=cable_a, station_limit_a=self._station_limit_a(),
-            ventilation_available=self._ventilation_available)
+            ventilation_available=self._ventilation_available, lock_held=self._lock_held)
         outputs, memory = iec61851.step(inputs, self._memory, now_s, self._timing)
 
         # Act.
@@ -353,7 +359,7 @@ class ConnectorController:
             energy_allowed=self._energy_allowed,
             energy_offered=outputs.offer_current_a >= iec61851.MIN_CURRENT_A, ev_drawing=drawing,
             faults=frozen, available=self._available, reserved=self._reserved, preparing=self._preparing,
-            finishing=self._finishing, info=self._info))
+            finishing=self._finishing, info=self._info, cable_held=self._lock_held))
         if report != self._status:
             log.info("connector %d: status %s (%s)", self.connector_id, report.status, report.error_code)
             self._status = report

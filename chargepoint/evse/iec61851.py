@@ -158,6 +158,10 @@ class Inputs:
     cable_rating_a: float | None = None   # from the proximity pilot; None: tethered / not fitted
     station_limit_a: float | None = None  # ChargePointMaxProfile share, site limit
     ventilation_available: bool = True    # False: state D (ventilation required) is not served
+    # A session still owns the cable although the EV side is gone: OCPP 1.6 §4.10 (locked
+    # while StopTransactionOnEVSideDisconnect is false; UnlockConnectorOnEVSideDisconnect
+    # false) and errata 3.5 (after a DeAuthorized stop, until the same idTag is presented).
+    lock_held: bool = False
 
 
 @dataclass(frozen=True)
@@ -187,7 +191,8 @@ def decide(inputs: Inputs) -> Outputs:
     - Lock: while an EV is connected (any state but A) and energy is allowed
       (the session owns the cable), and always while a welded contactor may
       keep the socket live. Unlocked when no session holds it, so the driver
-      can take the cable after StopTransaction or a fault.
+      can take the cable after StopTransaction or a fault; held regardless of the
+      pilot while `lock_held` (the EV side was unplugged, the cable stays in the socket).
     """
     stopping = stopping_faults(inputs.faults)
     signal_f = any(signals_f(f) for f in stopping) or not inputs.available
@@ -202,7 +207,7 @@ def decide(inputs: Inputs) -> Outputs:
     relay_closed = wants_energy and offer_a >= MIN_CURRENT_A and inputs.energy_allowed and not stopping
 
     connected = inputs.cp_state != CpState.A
-    lock = connected and (inputs.energy_allowed or Fault.RELAY_WELD in inputs.faults)
+    lock = (connected and (inputs.energy_allowed or Fault.RELAY_WELD in inputs.faults)) or inputs.lock_held
     return Outputs(offer_current_a=offer_a, relay_closed=relay_closed, fault_signal=signal_f, lock=lock)
 
 

@@ -105,6 +105,7 @@ class ConnectorFacts:
     preparing: bool = False            # identified/authorized, waiting for the plug
     finishing: bool = False            # transaction stopped, cable still in
     info: str | None = None            # e.g. "EV side disconnected" (section 4.9)
+    cable_held: bool = False           # the lock holds the cable for its user (section 4.10, errata 3.5)
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,9 @@ def derive(facts: ConnectorFacts) -> StatusReport:
        communication) are warnings: their error code goes with the status
        below (section 4.9), EVCommunicationError only with the statuses allowed.
     2. Unavailable: ChangeAvailability Inoperative.
-    3. Finishing: the transaction stopped and the cable is still in.
+    3. Finishing: the transaction stopped and the cable is still in, or still
+       locked in the socket for its user after the EV side was unplugged
+       (section 4.10, errata 3.5: not available to a new user, section 7.7).
     4. With a transaction (or energy allowed / offered without one, A3/A4/A5):
        SuspendedEVSE when the EVSE withholds energy (limit below 6 A, invalid id,
        EV communication problem), with precedence over SuspendedEV (section 4.9);
@@ -162,7 +165,7 @@ def derive(facts: ConnectorFacts) -> StatusReport:
 
 
 def _operative_status(facts: ConnectorFacts) -> ChargePointStatus:
-    if facts.finishing and facts.plugged:
+    if (facts.finishing and facts.plugged) or (facts.cable_held and not facts.transaction_active):
         return S.FINISHING
     if facts.transaction_active or facts.energy_allowed or facts.energy_offered or facts.ev_drawing:
         if not facts.plugged:
