@@ -21,7 +21,8 @@ connector is Unavailable (the controller withholds energy and the status
 follows); connector 0's status is reported here because no controller owns it.
 
 UnlockConnector (§5.18, errata 3.87): an unknown connector is NotSupported; a
-transaction on the connector is stopped first (reason UnlockCommand, §7.36);
+transaction on the connector is stopped first (reason UnlockCommand, §7.36); a
+cable held for its user after the transaction (§4.10, errata 3.5) is let go;
 then the lock gets a fresh unlock attempt: Unlocked when its feedback confirms,
 UnlockFailed when it does not.
 
@@ -372,6 +373,11 @@ class UnlockService:
                     log.warning("unlock: the transaction on connector %d did not stop in time", connector_id)
             else:
                 log.warning("unlock: no transaction service to stop the transaction on connector %d", connector_id)
+        release = getattr(self.app.transactions, "release_lock", None)
+        if release is not None:
+            # A cable held for its user after the EV side left (§4.10, errata 3.5): the
+            # central system's unlock is the operator's way to free it.
+            release(connector_id, "UnlockConnector")
         # The controller releases the lock once no session holds the cable (energy no longer
         # allowed); never pull it from under a closed contactor.
         released = await _wait_until(lambda: controller.snapshot().get("locked") is not True,

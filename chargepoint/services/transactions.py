@@ -77,9 +77,21 @@ of the durable queue: online when connected and Accepted; it fills in the
 central system's transactionId at send time, so no message is ever sent with a
 provisional id, and -1 only per errata 3.18.
 
-Not done here: the cable lock is the connector controller's (locked while
-plugged with energy allowed), so UnlockConnectorOnEVSideDisconnect=false cannot
-keep a socket locked after the EV side is unplugged.
+The cable lock (§4.10, §9.1.33, errata 3.5): the controller locks while an EV
+is plugged with energy allowed. This service also makes it hold the cable with the
+EV side unplugged (`set_lock_held`): during a transaction when
+StopTransactionOnEVSideDisconnect or UnlockConnectorOnEVSideDisconnect is false
+(set before the plug can go, the controller acts on the unplug in the same step);
+after an EVDisconnected stop with UnlockConnectorOnEVSideDisconnect false, and
+after a DeAuthorized stop of a transaction a card started (errata 3.5 SHOULD; not
+for remote or free-vend starts, whose user may have no card), until the same idTag
+or one of its parentIdTag group (as known locally) is presented, or an
+UnlockConnector. Such a hold is persisted (kv "lock_hold"), the connector shows
+Finishing meanwhile and no other idTag starts there. Every other stop unlocks
+(§4.10 "as part of the normal transaction termination").
+
+A new transaction on a Finishing or Reserved connector passes through Preparing
+(§4.9 F2 / G2: neither row allows Charging or Suspended directly).
 """
 
 from __future__ import annotations
@@ -95,6 +107,7 @@ from typing import TYPE_CHECKING, Any
 
 from chargepoint.clock import EventTime
 from chargepoint.evse.controller import ConnectorEvent, Plugged, StatusChanged, Unplugged
+from chargepoint.evse.status import ChargePointStatus
 from chargepoint.ocppj.session import Reply
 from chargepoint.services.authorization import ACCEPTED, same_group
 from chargepoint.services.tx_delivery import TransactionMessageSender, clock_time_resolver
@@ -110,6 +123,9 @@ RESET_REASONS = frozenset({"SoftReset", "HardReset", "Reboot"})
 REASONS = frozenset({"DeAuthorized", "EmergencyStop", "EVDisconnected", "HardReset", "Local", "Other", "PowerLoss",
                      "Reboot", "Remote", "SoftReset", "UnlockCommand"})
 RESET_KV = ("reset", "reason")
+LOCK_HOLD_NS = "lock_hold"   # connectorId -> {"id_tag", "parent"}: who may release the cable
+# Keys that decide whether a transaction's cable stays locked with the EV side unplugged.
+LOCK_POLICY_KEYS = frozenset({"StopTransactionOnEVSideDisconnect", "UnlockConnectorOnEVSideDisconnect"})
 # A clean stop waits at most this long for queued messages to reach the central system.
 SHUTDOWN_DELIVERY_S = 3.0
 
@@ -193,6 +209,7 @@ class TransactionService:
         self._listeners: list[Callable[[TransactionEvent], None]] = []
         self._persisted: dict[int, tuple[float, float]] = {}   # local_id -> (monotonic_s, energy_wh)
         self._recovered: set[int] = set()   # connectors whose transaction a power loss ended
+        self._holds: dict[int, tuple[str, str | None]] = {}   # cable held after a stop: (idTag, parent)
 
         config = app.config
         self.sender = TransactionMessageSender(
@@ -218,8 +235,10 @@ class TransactionService:
         sim = app.board.extra.get("sim")
         if sim is not None and hasattr(sim, "add_listener"):
             sim.add_listener(self._on_sim_change)
+        app.config.add_listener(self._on_config_change)
         app.transactions = self
         self._recover()
+        self._restore_holds()
 
     # ----------------------------------------------------------------- public API
 
@@ -246,6 +265,24 @@ class TransactionService:
         """Something was enqueued in app.store.queue (e.g. MeterValues): wake the sender."""
         self.sender.notify()
 
+    def lock_holder(self, connector_id: int) -> str | None:
+        """The idTag whose presentation releases a cable held after its transaction stopped."""
+        hold = self._holds.get(connector_id)
+        return hold[0] if hold is not None else None
+
+    def release_lock(self, connector_id: int, why: str) -> bool:
+        """Let the connector's cable go (its user's idTag, UnlockConnector); True if one was held."""
+        controller = self.app.controllers.get(connector_id)
+        if controller is None:
+            return False
+        held = self._holds.pop(connector_id, None) is not None
+        if held:
+            self.app.store.kv_delete(LOCK_HOLD_NS, str(connector_id))
+            log.info("connector %d: cable released (%s)", connector_id, why)
+        if connector_id not in self._active:
+            controller.set_lock_held(False)
+        return held
+
     def pending_id_tag(self, connector_id: int) -> str | None:
         pending = self._pending.get(connector_id)
         return pending.id_tag if pending is not None else None
@@ -266,6 +303,11 @@ class TransactionService:
             controller.set_energy_allowed(False)
             controller.set_transaction_active(False)
             controller.set_finishing(controller.plugged)
+            # Before any await: the controller must not see a step without the decision.
+            if self._keeps_cable(tx, reason):
+                self._hold_lock(connector_id, tx.id_tag, tx.parent_id_tag or self._parent_of(tx.id_tag), reason)
+            else:
+                controller.set_lock_held(False)   # §4.10: normal termination unlocks the cable
             energy_wh = await self._read_energy_wh(connector_id)
             meter_stop_wh = self._meter_stop_wh(tx.meter_start_wh, energy_wh, tx.local_id)
             queued = self._queue_stop(tx.local_id, meter_stop_wh, self.app.clock.event_time(), reason, id_tag)
@@ -345,6 +387,11 @@ class TransactionService:
             if tx.id_tag.casefold() == id_tag.casefold():
                 # §3.4 / §4.1: the same idTag stops without an Authorize.req.
                 await self.stop(tx.connector_id, "Local", id_tag=id_tag)
+                return
+        for held_cid, (holder, parent) in list(self._holds.items()):
+            if same_group(holder, parent, id_tag, self._parent_of(id_tag)):
+                # §4.10 / errata 3.5: the user's own idTag (or its group) releases the cable.
+                self.release_lock(held_cid, f"idTag {id_tag} presented")
                 return
         for pending in list(self._pending.values()):
             if pending.id_tag.casefold() == id_tag.casefold():
@@ -477,6 +524,9 @@ class TransactionService:
             return False
         if not self._operative(cid):
             return False
+        hold = self._holds.get(cid)
+        if hold is not None and not same_group(hold[0], hold[1], id_tag, self._parent_of(id_tag)):
+            return False   # the cable is held for its user (errata 3.5): not for a new one
         status = self.app.controllers[cid].status
         if status is not None and str(status.status) == "Faulted":
             return False
@@ -581,8 +631,18 @@ class TransactionService:
             self._persisted[local_id] = (self.app.clock.monotonic_s(), float(meter_start_wh))
             self._recovered.discard(cid)
             controller = self.app.controllers[cid]
+            if cid in self._holds:   # the holder (or its group) starts again: the session owns the cable
+                self._holds.pop(cid)
+                store.kv_delete(LOCK_HOLD_NS, str(cid))
+            shown = controller.status.status if controller.status is not None else None
+            if shown in (ChargePointStatus.FINISHING, ChargePointStatus.RESERVED):
+                # §4.9 F2 / G2: from Finishing or Reserved a new transaction starts via Preparing.
+                controller.set_finishing(False)
+                controller.set_preparing(True)
+                controller.step()
             controller.set_preparing(False)
             controller.set_finishing(False)
+            controller.set_lock_held(self._lock_policy_holds())
             controller.set_transaction_active(True)
             log.info("transaction local %d started on connector %d for %s, meterStart %d Wh", local_id, cid,
                      id_tag, meter_start_wh)
@@ -695,6 +755,51 @@ class TransactionService:
     def _on_accepted(self) -> None:
         self.sender.set_online(self.app.registration.online)
 
+    # ----------------------------------------------------------------- the cable lock
+
+    def _lock_policy_holds(self) -> bool:
+        """Does a transaction's cable stay locked when the EV side is unplugged (§4.10, §9.1.33)?
+        StopTransactionOnEVSideDisconnect false has priority: always locked while it runs."""
+        config = self.app.config
+        return (not config.get_bool("StopTransactionOnEVSideDisconnect")
+                or not config.get_bool("UnlockConnectorOnEVSideDisconnect"))
+
+    def _keeps_cable(self, tx: ActiveTransaction, reason: str) -> bool:
+        """Does the cable stay locked for its user after this stop?"""
+        if reason == "EVDisconnected":
+            # §9.1.33: unlocked on an EV-side unplug only when UnlockConnectorOnEVSideDisconnect.
+            return not self.app.config.get_bool("UnlockConnectorOnEVSideDisconnect")
+        if reason == "DeAuthorized":
+            # Errata 3.5 / 3.17: keep it until the same idTag (or its group) is presented; only for
+            # a card presented here (a remote or free-vend user may have no card to present).
+            free_vend = self.app.settings.authorization.free_vend_id_tag
+            return not tx.remote and not (free_vend and tx.id_tag == free_vend)
+        return False
+
+    def _hold_lock(self, cid: int, id_tag: str, parent: str | None, why: str) -> None:
+        self._holds[cid] = (id_tag, parent)
+        self.app.store.kv_put(LOCK_HOLD_NS, str(cid), {"id_tag": id_tag, "parent": parent})
+        self.app.controllers[cid].set_lock_held(True)
+        log.info("connector %d: cable stays locked until %s is presented (%s)", cid, id_tag, why)
+
+    def _restore_holds(self) -> None:
+        for key, value in self.app.store.kv_items(LOCK_HOLD_NS).items():
+            cid = int(key)
+            if cid in self.app.controllers and isinstance(value, dict) and isinstance(value.get("id_tag"), str):
+                parent = value.get("parent")
+                self._holds[cid] = (value["id_tag"], parent if isinstance(parent, str) else None)
+                self.app.controllers[cid].set_lock_held(True)
+            else:
+                self.app.store.kv_delete(LOCK_HOLD_NS, key)
+
+    def _on_config_change(self, key: str, _value: str) -> None:
+        if key in LOCK_POLICY_KEYS:
+            for cid in self._active:
+                self.app.controllers[cid].set_lock_held(self._lock_policy_holds())
+
+    def _parent_of(self, id_tag: str) -> str | None:
+        return self.app.auth.parent_of(id_tag) if self.app.auth is not None else None
+
     # ----------------------------------------------------------------- helpers
 
     async def _read_energy_wh(self, cid: int) -> float | None:
@@ -770,6 +875,9 @@ class TransactionService:
         pending = self._pending.get(connector_id)
         if pending is not None:
             entry["authorized_id_tag"] = pending.id_tag
+        holder = self.lock_holder(connector_id)
+        if holder is not None:
+            entry["cable_held_for"] = holder
 
     # ----------------------------------------------------------------- the loop
 
