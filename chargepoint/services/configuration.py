@@ -40,8 +40,27 @@ SUPPORTED_FEATURE_PROFILES = (
     "RemoteTrigger",
 )
 PHASE_ROTATIONS = ("NotApplicable", "Unknown", "RST", "RTS", "SRT", "STR", "TRS", "TSR")
+# §9.1.17: "Where applicable, the Measurand is combined with the optional phase; for
+# instance: Voltage.L1". The per-phase measurands and the phases (§7.30) they accept, as
+# the index of the meter's phase. Voltage is measured line to neutral: ".L1" means L1-N.
+PHASED_MEASURANDS: dict[str, dict[str, int]] = {
+    "Current.Import": {"L1": 0, "L2": 1, "L3": 2},
+    "Voltage": {"L1": 0, "L2": 1, "L3": 2, "L1-N": 0, "L2-N": 1, "L3-N": 2},
+}
 
 VALUE_MAX_LEN = 500  # KeyValue.value is CiString500 (OCPP 1.6 §7.29)
+
+
+def split_phase(item: str) -> tuple[str, int | None]:
+    """A configured measurand -> (measurand, phase index or None): "Voltage.L2" -> ("Voltage", 1)."""
+    base, sep, phase = item.rpartition(".")
+    if sep and base in PHASED_MEASURANDS and phase in PHASED_MEASURANDS[base]:
+        return base, PHASED_MEASURANDS[base][phase]
+    return item, None
+
+
+MEASURAND_ITEMS = SUPPORTED_MEASURANDS + tuple(
+    f"{measurand}.{phase}" for measurand, phases in PHASED_MEASURANDS.items() for phase in phases)
 
 
 class KeyValueBackend(Protocol):
@@ -116,7 +135,7 @@ MEASURAND_LIST_MAX = 8
 
 def default_key_table(*, number_of_connectors: int) -> list[KeySpec]:
     """Every key the charger supports, by feature profile (OCPP 1.6 §9.1-9.4, Security WP §7)."""
-    measurands = _csl_of(SUPPORTED_MEASURANDS, MEASURAND_LIST_MAX)
+    measurands = _csl_of(MEASURAND_ITEMS, MEASURAND_LIST_MAX)
     return [
         # --- Core (§9.1)
         KeySpec("AllowOfflineTxForUnknownId", "bool", "RW", "false", _is_bool),

@@ -79,6 +79,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from chargepoint.clock import EventTime
+from chargepoint.services.configuration import split_phase
 from chargepoint.store.db import dumps, loads
 from chargepoint.store.queue import time_ref
 
@@ -152,17 +153,21 @@ def sampled_values(measurands: Iterable[str], sample: Sample, context: str) -> l
         item["unit"] = unit
         values.append(item)
 
-    for measurand in measurands:
+    for item in measurands:
+        # "Voltage.L1" (§9.1.17): that phase only; the plain measurand: every phase.
+        measurand, only = split_phase(item)
         if measurand == "Energy.Active.Import.Register":
             add(measurand, str(math.floor(sample.energy_wh)), "Wh")
         elif measurand == "Power.Active.Import":
             add(measurand, format_decimal(max(0.0, sample.power_w), 1), "W")
         elif measurand == "Current.Import":
             for i, current_a in enumerate(sample.current_a[:3]):
-                add(measurand, format_decimal(max(0.0, current_a), 2), "A", f"L{i + 1}")
+                if only is None or only == i:
+                    add(measurand, format_decimal(max(0.0, current_a), 2), "A", f"L{i + 1}")
         elif measurand == "Voltage":
             for i, voltage_v in enumerate(sample.voltage_v[:3]):
-                add(measurand, format_decimal(max(0.0, voltage_v), 1), "V", f"L{i + 1}-N")
+                if only is None or only == i:
+                    add(measurand, format_decimal(max(0.0, voltage_v), 1), "V", f"L{i + 1}-N")
         elif measurand == "Current.Offered":
             add(measurand, format_decimal(max(0.0, sample.offered_current_a), 2), "A")
         elif measurand == "Power.Offered":

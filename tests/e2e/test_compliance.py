@@ -266,3 +266,164 @@ async def test_reserved_connector_starts_via_preparing_4_9_g2_tc_046(tmp_path: P
         assert statuses(env, after=after)[0] == "Preparing"
         assert_legal_transitions(env)
     env.csms.assert_no_violations()
+
+
+# --------------------------------------------------------------------------- meter values (§9.1.17)
+
+
+async def test_sampled_measurands_combined_with_a_phase_are_accepted_and_reported_per_phase_9_1_17(
+        tmp_path: Path) -> None:
+    """§9.1.17: "Where applicable, the Measurand is combined with the optional phase; for
+    instance: Voltage.L1". Such items are Accepted and report that phase only; a phase the
+    measurand does not have (or a per-phase Power we cannot measure) is Rejected and changes
+    nothing (errata 3.14.4). Found: "Voltage.L1" was Rejected."""
+    async with charger_env(tmp_path) as env, running(env):
+        sampled = "Energy.Active.Import.Register,Voltage.L1,Current.Import.L2"
+        assert await call(env, "ChangeConfiguration", {"key": "MeterValuesSampledData", "value": sampled}) == {
+            "status": "Accepted"}
+        for bad in ("Voltage.L4", "Power.Active.Import.L1", "Current.Import.N"):
+            answer = await call(env, "ChangeConfiguration", {"key": "MeterValuesSampledData", "value": bad})
+            assert answer == {"status": "Rejected"}, bad
+        conf = await call(env, "GetConfiguration", {"key": ["MeterValuesSampledData"]})
+        assert conf["configurationKey"][0]["value"] == sampled
+
+        await env.asim("sim.plug", connector=1)
+        after = mark(env)
+        answer = await call(env, "TriggerMessage", {"requestedMessage": "MeterValues", "connectorId": 1})
+        assert answer == {"status": "Accepted"}
+        values = (await env.csms.wait_for("MeterValues", after_index=after, timeout_s=WAIT_S)).payload
+        sampled_values = values["meterValue"][0]["sampledValue"]
+        by_measurand = {(v.get("measurand"), v.get("phase")) for v in sampled_values}
+        assert by_measurand == {("Energy.Active.Import.Register", None), ("Voltage", "L1-N"),
+                                ("Current.Import", "L2")}
+        assert all(v["context"] == "Trigger" for v in sampled_values)
+    env.csms.assert_no_violations()
+
+
+# --------------------------------------------------------------------------- heartbeat (§4.6, §9.1.10)
+
+
+async def test_heartbeat_interval_change_takes_effect_without_a_reboot_4_6_9_1_10(tmp_path: Path) -> None:
+    """§4.6 / §9.1.10: HeartbeatInterval is the interval of inactivity after which a Heartbeat
+    is sent (the charger MAY skip it after other traffic). A ChangeConfiguration applies to the
+    running connection: Accepted (not RebootRequired), then Heartbeats with nothing else sent."""
+    async with charger_env(tmp_path) as env, running(env):
+        assert await call(env, "ChangeConfiguration", {"key": "HeartbeatInterval", "value": "1"}) == {
+            "status": "Accepted"}
+        after = mark(env)
+        first = await env.csms.wait_for("Heartbeat", after_index=after, timeout_s=WAIT_S)
+        await env.csms.wait_for("Heartbeat", after_index=first.index + 1, timeout_s=WAIT_S)
+        assert await call(env, "ChangeConfiguration", {"key": "HeartbeatInterval", "value": "-1"}) == {
+            "status": "Rejected"}
+    env.csms.assert_no_violations()
+
+
+# --------------------------------------------------------------------------- authorization (§4.1, TC_023)
+
+
+@pytest.mark.parametrize("status", ["Invalid", "Blocked", "Expired", "ConcurrentTx"])
+async def test_card_refused_by_authorize_starts_nothing_and_stays_preparing_4_1_tc_023(
+        tmp_path: Path, status: str) -> None:
+    """§4.1 / §7.2 (OCTT TC_023 family): an Authorize.conf other than Accepted -- Invalid,
+    Blocked, Expired or ConcurrentTx (the idTag is in another transaction) -- starts nothing;
+    the plugged connector stays Preparing and is Available once unplugged."""
+    async with charger_env(tmp_path) as env, running(env):
+        env.csms.authorize["BAD"] = status
+        after = mark(env)
+        await env.asim("sim.plug", connector=1)
+        await status_of(env, "Preparing", after=after)
+        await env.asim("sim.swipe", id_tag="BAD", connector=1)
+        await env.csms.wait_for("Authorize", lambda p: p["idTag"] == "BAD", after_index=after, timeout_s=WAIT_S)
+        await env.asim("sim.unplug", connector=1)
+        await status_of(env, "Available", after=after)
+        assert not calls(env, "StartTransaction")
+        assert statuses(env, after=after) == ["Preparing", "Available"]
+        assert_legal_transitions(env)
+    env.csms.assert_no_violations()
+
+
+# --------------------------------------------------------------------------- plug first, no card (errata 3.20)
+
+
+async def test_plugged_without_identification_stays_preparing_for_a_later_remote_start_errata_3_20(
+        tmp_path: Path) -> None:
+    """Errata 3.20 allows (MAY) B6 -- Preparing -> Finishing when no idTag comes within
+    ConnectionTimeOut after a plug. Kept Preparing on purpose: the platform starts sessions
+    remotely, later (requirements.md), and reads Preparing as "plugged, not charging". The
+    connector stays Preparing past ConnectionTimeOut, then a RemoteStartTransaction starts
+    at once (B3/B4) with legal transitions."""
+    async with charger_env(tmp_path, ConnectionTimeOut=1) as env, running(env) as app:
+        after = mark(env)
+        await env.asim("sim.plug", connector=1)
+        await status_of(env, "Preparing", after=after)
+        waited_s = app.clock.monotonic_s() + 3.0
+        await eventually(lambda: app.clock.monotonic_s() >= waited_s, timeout_s=WAIT_S, interval_s=0.2)
+        assert statuses(env, after=after) == ["Preparing"]
+        assert await call(env, "RemoteStartTransaction", {"idTag": "APP", "connectorId": 1}) == {
+            "status": "Accepted"}
+        await env.csms.wait_for("StartTransaction", lambda p: p["idTag"] == "APP", timeout_s=WAIT_S)
+        await status_of(env, "Charging", after=after)
+        assert_legal_transitions(env)
+    env.csms.assert_no_violations()
+
+
+# --------------------------------------------------------------------------- remote start / stop (§5.11, §5.12)
+
+
+async def test_remote_start_without_connector_id_picks_the_plugged_connector_5_11(tmp_path: Path) -> None:
+    """§5.11: "When no connector id is provided, the Charge Point is in control of the connector
+    selection": with two connectors and the EV plugged into the second, it starts there.
+    A connectorId that does not exist (0 included) is Rejected; RemoteStopTransaction for an
+    unknown transactionId is Rejected (errata 3.33)."""
+    async with charger_env(tmp_path) as env:
+        env.doc["connector"] = TWO_CONNECTORS
+        async with running(env, last_connector=2):
+            after = mark(env)
+            await env.asim("sim.plug", connector=2)
+            await status_of(env, "Preparing", connector_id=2, after=after)
+            for connector_id in (0, 3):
+                answer = await call(env, "RemoteStartTransaction", {"idTag": "APP", "connectorId": connector_id})
+                assert answer == {"status": "Rejected"}, connector_id
+            assert await call(env, "RemoteStopTransaction", {"transactionId": 4242}) == {"status": "Rejected"}
+            assert await call(env, "RemoteStartTransaction", {"idTag": "APP"}) == {"status": "Accepted"}
+            start = await env.csms.wait_for("StartTransaction", after_index=after, timeout_s=WAIT_S)
+            assert start.payload["connectorId"] == 2
+            await status_of(env, "Charging", connector_id=2, after=after)
+            assert statuses(env, 1, after=after) == []
+            assert len(calls(env, "StartTransaction")) == 1
+            assert_legal_transitions(env, 1)
+            assert_legal_transitions(env, 2)
+    env.csms.assert_no_violations()
+
+
+# --------------------------------------------------------------------------- StopTransaction (§6.49, §7.36)
+
+
+async def test_stop_transaction_carries_the_idtag_only_when_a_card_stopped_it_6_49(tmp_path: Path) -> None:
+    """§6.49 / §4.10: idTag is present when an idTag stopped the transaction and omitted when the
+    charger (or the central system) did; reason is set for every stop that is not the user's
+    (§7.36): Local + idTag for the card, Remote for RemoteStopTransaction, UnlockCommand for
+    UnlockConnector -- each with the unplug then Available (Finishing in between)."""
+    async with charger_env(tmp_path) as env, running(env):
+        expected: list[tuple[str, str | None]] = []
+        for how in ("card", "remote", "unlock"):
+            start = await plug_and_swipe(env, "TAG1")
+            transaction_id = start.response["transactionId"]  # type: ignore[index]
+            after = mark(env)
+            if how == "card":
+                await env.asim("sim.swipe", id_tag="TAG1", connector=1)
+                expected.append(("Local", "TAG1"))
+            elif how == "remote":
+                await call(env, "RemoteStopTransaction", {"transactionId": transaction_id})
+                expected.append(("Remote", None))
+            else:
+                assert await call(env, "UnlockConnector", {"connectorId": 1}) == {"status": "Unlocked"}
+                expected.append(("UnlockCommand", None))
+            stop = await env.csms.wait_for("StopTransaction", after_index=after, timeout_s=WAIT_S)
+            assert stop.payload["transactionId"] == transaction_id
+            assert (stop.payload["reason"], stop.payload.get("idTag")) == expected[-1]
+            await status_of(env, "Finishing", after=after)
+            await env.asim("sim.unplug", connector=1)
+            await status_of(env, "Available", after=after)
+        assert_legal_transitions(env)
+    env.csms.assert_no_violations()
