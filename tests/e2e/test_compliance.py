@@ -396,6 +396,22 @@ async def test_remote_start_without_connector_id_picks_the_plugged_connector_5_1
     env.csms.assert_no_violations()
 
 
+async def test_remote_start_without_a_plug_times_out_back_to_available_9_1_6_tc_011(tmp_path: Path) -> None:
+    """§9.1.6 / errata 3.77 (OCTT TC_011_2, remote start time-out): Accepted, Preparing while
+    waiting for the cable, nothing plugged within ConnectionTimeOut: back to Available (B1),
+    no StartTransaction."""
+    async with charger_env(tmp_path, ConnectionTimeOut=1) as env, running(env):
+        after = mark(env)
+        assert await call(env, "RemoteStartTransaction", {"idTag": "APP", "connectorId": 1}) == {
+            "status": "Accepted"}
+        await status_of(env, "Preparing", after=after)
+        await status_of(env, "Available", after=after)
+        assert not calls(env, "StartTransaction")
+        assert (await connector_view(env)).get("authorized_id_tag") is None
+        assert_legal_transitions(env)
+    env.csms.assert_no_violations()
+
+
 # --------------------------------------------------------------------------- StopTransaction (§6.49, §7.36)
 
 
