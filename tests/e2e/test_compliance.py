@@ -342,6 +342,24 @@ async def test_card_refused_by_authorize_starts_nothing_and_stays_preparing_4_1_
     env.csms.assert_no_violations()
 
 
+async def test_cached_card_starts_without_authorize_with_local_pre_authorize_3_5_1_tc_007(tmp_path: Path) -> None:
+    """§3.5.1 / §9.1.13 (OCTT TC_007, regular start with a cached id): the first use asks the
+    central system and caches the answer; with LocalPreAuthorize the next use starts from the
+    cache without an Authorize.req, and StartTransaction still goes to the central system."""
+    async with charger_env(tmp_path, LocalPreAuthorize=True, AuthorizationCacheEnabled=True) as env, running(env):
+        await plug_and_swipe(env, "TAG1")
+        await env.asim("sim.swipe", id_tag="TAG1", connector=1)
+        await env.csms.wait_for("StopTransaction", timeout_s=WAIT_S)
+        unplugged = mark(env)
+        await env.asim("sim.unplug", connector=1)
+        await status_of(env, "Available", after=unplugged)
+        await plug_and_swipe(env, "TAG1")
+        assert len(calls(env, "Authorize")) == 1
+        assert len(calls(env, "StartTransaction")) == 2
+        assert_legal_transitions(env)
+    env.csms.assert_no_violations()
+
+
 # --------------------------------------------------------------------------- plug first, no card (errata 3.20)
 
 
