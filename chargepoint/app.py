@@ -109,6 +109,8 @@ class ChargePointApp:
             on_state_change=self._on_link_state,
             on_security_event=self._on_link_security_event,
         )
+        self.config.add_listener(
+            lambda key, _value: self.link.ping_interval_changed() if key == "WebSocketPingInterval" else None)
         self.control = ControlServer(settings.control.socket, self._handle_control)
         self.add_control_handler("status", self._control_status)
         sim: Any = board.extra.get("sim")

@@ -125,6 +125,7 @@ class Link:
         self._reconnect_requested = False
         self._stopping = False
         self._run_task: asyncio.Task[None] | None = None
+        self._ws: ClientConnection | None = None
 
     # ------------------------------------------------------------------ public
 
@@ -150,6 +151,19 @@ class Link:
             "last_error": self.last_error,
             "attempts": self.attempts,
         }
+
+    def ping_interval_changed(self) -> None:
+        """WebSocketPingInterval changed (§9.1.34): a new positive interval applies to the live
+        connection (websockets reads it before each keepalive ping); switching pings on or off
+        needs a new connection."""
+        ws = self._ws
+        if ws is None or self._state != CONNECTED:
+            return
+        new_s = self._ping_interval_s()
+        if new_s > 0 and ws.ping_interval is not None:
+            ws.ping_interval = new_s
+        elif (new_s > 0) != (ws.ping_interval is not None):
+            self.request_reconnect()
 
     def request_reconnect(self) -> None:
         """Close now and reconnect at once (AuthorizationKey changed, Security WP A01;
@@ -323,6 +337,7 @@ class Link:
         log.info("link: connected to %s%s (%s %s, ping %s s)", self._url, f" via {link}" if link else "",
                  version, cipher, ws.ping_interval or "off")
         self._session.attach(self._sender(ws))
+        self._ws = ws
         self._set_state(CONNECTED)
         reader = asyncio.create_task(self._read(ws), name="link-reader")
         watcher = asyncio.create_task(self._watch(link), name="link-watcher")

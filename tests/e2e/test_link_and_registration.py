@@ -240,3 +240,17 @@ async def test_link_failover_reconnects_over_the_next_link(tmp_path: Path) -> No
 
 async def _status_field_is(env: ChargerEnv, name: str, *expected: object) -> bool:
     return (await env.astatus())[name] in expected
+
+
+async def test_websocket_ping_interval_change_applies_to_the_live_connection(tmp_path: Path) -> None:
+    """§9.1.34: a new interval applies at once; switching pings off (0) means a new connection."""
+    async with charger_env(tmp_path, WebSocketPingInterval=5) as env:
+        async with env.app() as app:
+            await env.csms.wait_for("StatusNotification", timeout_s=20)
+            answer = await env.csms.call(CP_ID, "ChangeConfiguration", {"key": "WebSocketPingInterval", "value": "2"})
+            assert answer == {"status": "Accepted"}
+            assert app.link._ws is not None and app.link._ws.ping_interval == 2
+            index = len(env.csms.connections)
+            await env.csms.call(CP_ID, "ChangeConfiguration", {"key": "WebSocketPingInterval", "value": "0"})
+            await env.csms.wait_connected(CP_ID, timeout_s=30, after_index=index)
+            await eventually(lambda: app.link._ws is not None and app.link._ws.ping_interval is None)
