@@ -66,6 +66,9 @@ NOMINAL_VOLTAGE_V = 230.0
 # Longest sleep between two evaluations: bounds how late a limit follows a wall-clock
 # step (NTP) or a missed notification. Period boundaries themselves are slept to exactly.
 TICK_S = 1.0
+# With no profile installed and no fail-safe configured nothing but a notification can give
+# a limit (a clock step cannot): an idle charger without smart charging is not woken.
+IDLE_TICK_S = 60.0
 # Wake this long after a computed boundary so the evaluation lands inside the new second
 # (the composite works in whole seconds; waking a hair early would just loop once more).
 BOUNDARY_MARGIN_S = 0.005
@@ -119,6 +122,9 @@ class SmartChargingService:
         )
         self._wakes: dict[int, asyncio.Event] = {cid: asyncio.Event() for cid in self._connector_ids}
         self._enforced: dict[int, Enforced] = {}
+        # Connectors whose limit wake() applied but whose next change is not planned yet: the
+        # wall time it was evaluated at (the loop plans from the same instant).
+        self._unplanned: dict[int, datetime | None] = {}
         # The daemon starts offline: the fail-safe clock runs from start until the first Accepted.
         self._offline_since_s: float | None = app.clock.monotonic_s()
         self._tx_start_fallback: dict[Any, datetime] = {}
@@ -333,9 +339,15 @@ class SmartChargingService:
         elif self._offline_since_s is None:
             self._offline_since_s = self.app.clock.monotonic_s()
 
-    def evaluate(self, connector_id: int) -> Enforced:
-        """The limit to enforce on the connector now (pure apart from reading the clock)."""
-        now = self._wall_now()
+    def evaluate(self, connector_id: int, *, plan: bool = True) -> Enforced:
+        """The limit to enforce on the connector now (pure apart from reading the clock).
+
+        `plan=False` leaves `next_change` None: the limit alone, for wake(), which must hand it
+        to the controller at once; the loop plans the next change afterwards (plan()).
+        """
+        return self._evaluate_at(connector_id, self._wall_now(), plan=plan)
+
+    def _evaluate_at(self, connector_id: int, now: datetime | None, *, plan: bool) -> Enforced:
         limit_a: float | None = None
         source: str | None = None
         next_change: datetime | None = None
@@ -345,15 +357,16 @@ class SmartChargingService:
                 # Never above the profile: floor to the 0.1 A the pilot and the schema work in.
                 limit_a = floor_tenth(found.current_a)
                 source = f"{found.purpose} #{found.profile_id}"
-            next_change = self.manager.next_change_at(connector_id, now)
+            if plan:
+                next_change = self.manager.next_change_at(connector_id, now)
         failsafe = self._failsafe_a is not None and (now is None or self.failsafe_active())
         if failsafe and self._failsafe_a is not None and (limit_a is None or self._failsafe_a < limit_a):
             limit_a, source = float(self._failsafe_a), FAILSAFE_SOURCE
         return Enforced(limit_a, source, next_change)
 
-    def _evaluate_safely(self, connector_id: int) -> Enforced:
+    def _evaluate_safely(self, connector_id: int, *, plan: bool = True, now: datetime | None = None) -> Enforced:
         try:
-            return self.evaluate(connector_id)
+            return self._evaluate_at(connector_id, self._wall_now() if now is None else now, plan=plan)
         except Exception:
             # A bug must not lift a limit: keep the last one, lowered to the fail-safe if configured.
             log.exception("connector %d: smart-charging evaluation failed", connector_id)
@@ -368,9 +381,23 @@ class SmartChargingService:
         self._enforced[connector_id] = decision
         self.app.controllers[connector_id].set_limit_a(decision.current_a, decision.source)
 
+    def _plan(self, connector_id: int, decision: Enforced, at: datetime | None) -> Enforced:
+        """`decision` (applied by wake() at wall time `at`) with its next change: when the
+        limit changes by the clock alone, from the same instant the limit was evaluated at."""
+        if at is None:
+            return decision
+        try:
+            planned = Enforced(decision.current_a, decision.source, self.manager.next_change_at(connector_id, at))
+        except Exception:
+            log.exception("connector %d: smart-charging planning failed", connector_id)
+            return decision   # no boundary known: re-checked every TICK_S
+        if self._enforced.get(connector_id) is decision:
+            self._enforced[connector_id] = planned
+        return planned
+
     def _sleep_s(self, decision: Enforced) -> float:
         clock = self.app.clock
-        delay = TICK_S
+        delay = TICK_S if self._failsafe_a is not None or self.manager.profiles() else IDLE_TICK_S
         if decision.next_change is not None:
             until = (decision.next_change.timestamp() - clock.wall_s()) + BOUNDARY_MARGIN_S
             delay = min(delay, max(until, BOUNDARY_MARGIN_S))
@@ -388,10 +415,14 @@ class SmartChargingService:
         The new limit is handed to the controllers synchronously, inside the caller's
         stack: a RemoteStartTransaction TxProfile installed by TransactionStarted is in
         place before the controller may close the contactor, and a lowered limit never
-        waits for a task switch. The loops are woken to re-plan their sleep.
+        waits for a task switch. The loops are woken to re-plan their sleep: finding the
+        next change is their work, after the caller (e.g. SetChargingProfile's answer) is
+        done, and the limit is not evaluated a second time.
         """
         for cid, event in self._wakes.items():
-            self._apply(cid, self._evaluate_safely(cid))
+            now = self._wall_now()
+            self._apply(cid, self._evaluate_safely(cid, plan=False, now=now))
+            self._unplanned[cid] = now
             event.set()
 
     def _on_link_state(self, _state: str) -> None:
@@ -413,10 +444,16 @@ class SmartChargingService:
 
     async def _enforce(self, connector_id: int) -> None:
         wake = self._wakes[connector_id]
+        self._unplanned.pop(connector_id, None)   # the first turn evaluates in full
         while True:
             wake.clear()
-            decision = self._evaluate_safely(connector_id)
-            self._apply(connector_id, decision)
+            current = self._enforced.get(connector_id)
+            if connector_id in self._unplanned and current is not None:
+                # wake() applied the limit already: only its next change is to be found.
+                decision = self._plan(connector_id, current, self._unplanned.pop(connector_id))
+            else:
+                decision = self._evaluate_safely(connector_id)
+                self._apply(connector_id, decision)
             inputs = self._tick_inputs()
             while True:
                 with contextlib.suppress(TimeoutError):

@@ -130,7 +130,8 @@ class SmartChargingManager:
         return connector_id == 0 or connector_id in self._connector_ids
 
     def add_listener(self, callback: Listener) -> None:
-        """`callback()` runs after every change of the installed set or of the running transactions."""
+        """`callback()` runs after every change of the installed set or of the running transactions
+        (a SetChargingProfile identical to the installed profile it replaces is no change)."""
         self._listeners.append(callback)
 
     # ------------------------------------------------------------------ SetChargingProfile (§5.16)
@@ -156,11 +157,15 @@ class SmartChargingManager:
             profile_id = profile_payload.get("chargingProfileId") if isinstance(profile_payload, dict) else None
             log.info("SetChargingProfile id=%s on connector %d rejected: %s", profile_id, connector_id, exc.reason)
             return "Rejected"
+        # The same profile sent again (central systems re-send their defaults on every
+        # reconnect) leaves the installed set as it was: stored again, nothing to re-evaluate.
+        unchanged = replaced == {profile.id} and self._profiles.get(profile.id) == profile
         self._install(profile, replaced)
         log.info("charging profile %d installed: %s stackLevel %d on connector %d%s", profile.id,
                  profile.purpose, profile.stack_level, connector_id,
-                 f" (replaced {sorted(replaced)})" if replaced else "")
-        self._notify()
+                 " (unchanged)" if unchanged else f" (replaced {sorted(replaced)})" if replaced else "")
+        if not unchanged:
+            self._notify()
         return "Accepted"
 
     def _check_capabilities(self, profile: ChargingProfile) -> None:
