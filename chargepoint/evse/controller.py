@@ -6,7 +6,11 @@ power); `step()` reads the hardware, runs `iec61851.step()`, applies the outputs
 in a safe order, derives the OCPP status and tells listeners what changed.
 `run()` repeats `step()` every `step_interval_s` and at once when poked (a
 setter was called, or the HAL's listener saw a plug event), so a new limit
-reaches the pilot within one loop turn.
+reaches the pilot within one loop turn. A quiet connector (nothing plugged, contactor
+open, no fault, nothing pending or authorized) is looked at every `idle_step_interval_s`
+instead: an idle charger stays idle, and the worst-case latency to notice a plug or a
+fault on hardware that does not report changes is 1 s idle, 0.2 s otherwise (a
+fault while idle finds the contactor already open).
 
 Order of operations (IEC 61851-1 Annex A): the contactor only closes after the
 PWM is on and the lock has confirmed; it opens first on a fault or unplug; on a
@@ -114,6 +118,7 @@ class ConnectorController:
                  on_change: EventListener | None = None,
                  min_status_duration_s: Callable[[], float] | None = None,
                  step_interval_s: float = 0.2,
+                 idle_step_interval_s: float = 1.0,
                  settle_s: float = 0.05,
                  drawing_threshold_w: float = 100.0,
                  ventilation_available: bool = False) -> None:
@@ -126,6 +131,7 @@ class ConnectorController:
                               relay_open_grace_s=relay_open_grace_s)
         self._listeners: list[EventListener] = [on_change] if on_change is not None else []
         self._step_interval_s = step_interval_s
+        self._idle_step_interval_s = max(step_interval_s, idle_step_interval_s)
         self._settle_s = settle_s
         self._drawing_threshold_w = drawing_threshold_w
         # IEC 61851-1: state D asks for ventilation; a charger without it must not
@@ -214,9 +220,13 @@ class ConnectorController:
 
     def set_power_w(self, power_w: float | None) -> None:
         """The metered active power; feed it after every meter read (None: no meter answer)."""
+        changed = power_w != self._power_w
         self._power_w = power_w
         self._power_at_s = self._monotonic() if power_w is not None else None
-        self.poke()
+        # With the contactor open the reading decides nothing (_ev_drawing) unless it changed:
+        # an idle connector is not stepped for every meter poll.
+        if changed or self._memory.relay_closed or self._hw.relay.commanded_closed:
+            self.poke()
 
     def set_meter_lost(self, lost: bool) -> None:
         """The metering service's view: the meter stopped answering (MeterError). See hal.faults."""
@@ -440,19 +450,41 @@ class ConnectorController:
 
     # ----------------------------------------------------------------- the loop
 
+    def _quiet(self) -> bool:
+        """Nothing can change here by time alone: no EV, contactor open, no fault, no lock
+        retry, no raise pending, no -12 V settling, no authorization waiting for the plug."""
+        applied = self._applied
+        settling_f = (self._f_released_at_s is not None
+                      and self._monotonic() - self._f_released_at_s < F_SETTLE_S)
+        return not (self._plugged or self._faults or self._lock_failed or self._energy_allowed
+                    or self._preparing or self._finishing or self._transaction_active
+                    or self._memory.relay_closed or self._hw.relay.commanded_closed
+                    or self._pending_offer_a is not None
+                    or applied is None or applied.fault_signal or settling_f)
+
+    def _next_step_in_s(self, changed: bool, failed: bool) -> float:
+        if changed:
+            return min(self._settle_s, self._step_interval_s)
+        if failed or not self._quiet():
+            return self._step_interval_s
+        # A status waiting for MinimumStatusDuration is due at a known time.
+        due_s = self.reporter.due_in_s()
+        return self._idle_step_interval_s if due_s is None else min(self._idle_step_interval_s, due_s)
+
     async def run(self) -> None:
-        """Step every `step_interval_s`, and at once when poked. Runs until cancelled."""
+        """Step every `step_interval_s` (`idle_step_interval_s` while quiet), and at once when
+        poked. Runs until cancelled."""
         while True:
             self._wake.clear()
-            changed = False
+            changed = failed = False
             try:
                 changed = self.step()
             except Exception:
                 log.exception("connector %d: step failed; forcing a safe state", self.connector_id)
                 self.safe_stop()
+                failed = True
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(self._settle_s, self._step_interval_s) if changed
-                                           else self._step_interval_s):
+                async with asyncio.timeout(self._next_step_in_s(changed, failed)):
                     await self._wake.wait()
 
     def safe_stop(self) -> None:

@@ -5,15 +5,22 @@ the connector controller for Charging vs SuspendedEV, `status`) reads the cached
 reading from here instead of touching the bus. A meter that stops answering is
 reported (PowerMeterFailure via the controller), never crashed on; readings
 resume when it answers again.
+
+Cadence: every POLL_INTERVAL_S while a connector is in use (an EV plugged, the contactor
+closed, a transaction); every IDLE_POLL_INTERVAL_S while it is idle (the register cannot
+move with the contactor open; the reading stays fresh enough for `status`, and a meter
+lost while idle is reported within LOST_AFTER_FAILURES idle polls). A plug-in reads at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 from typing import TYPE_CHECKING, Any
 
+from chargepoint.evse.controller import ConnectorEvent, Plugged
 from hal.interfaces import MeterError, MeterReading
 
 if TYPE_CHECKING:
@@ -22,20 +29,25 @@ if TYPE_CHECKING:
 log = logging.getLogger("chargepoint.meter")
 
 POLL_INTERVAL_S = 1.0
+IDLE_POLL_INTERVAL_S = 5.0
 # A meter that fails this many polls in a row is "lost" (each poll already retried in the driver).
 LOST_AFTER_FAILURES = 3
 
 
 class MeterService:
-    def __init__(self, app: ChargePointApp, *, poll_interval_s: float = POLL_INTERVAL_S) -> None:
+    def __init__(self, app: ChargePointApp, *, poll_interval_s: float = POLL_INTERVAL_S,
+                 idle_poll_interval_s: float = IDLE_POLL_INTERVAL_S) -> None:
         self.app = app
         self.poll_interval_s = poll_interval_s
+        self.idle_poll_interval_s = max(poll_interval_s, idle_poll_interval_s)
+        self._wake = asyncio.Event()
         self._latest: dict[int, MeterReading] = {}
         self._read_at_s: dict[int, float] = {}
         self._failures: dict[int, int] = {}
         self._errors: dict[int, str | None] = {}
         self._locks = {cid: asyncio.Lock() for cid in app.controllers}
         app.add_connector_status_contributor(self._contribute)
+        app.add_connector_listener(self._on_connector_event)
 
     def latest(self, connector_id: int) -> MeterReading | None:
         return self._latest.get(connector_id)
@@ -90,11 +102,30 @@ class MeterService:
             controller.set_meter_lost(True)
             controller.set_power_w(None)
 
+    def _in_use(self, connector_id: int) -> bool:
+        transactions = self.app.transactions
+        return bool(self.app.controllers[connector_id].plugged
+                    or self.app.board.connector(connector_id).relay.commanded_closed
+                    or (transactions is not None and transactions.active(connector_id) is not None))
+
+    def _on_connector_event(self, event: ConnectorEvent) -> None:
+        if isinstance(event, Plugged):
+            self._wake.set()   # read at once, then at the fast cadence
+
     async def run(self) -> None:
+        due_s: dict[int, float] = {}
         while True:
+            self._wake.clear()
+            now_s = self.app.clock.monotonic_s()
             for connector_id in self.app.controllers:
-                await self.read_now(connector_id)
-            await asyncio.sleep(self.poll_interval_s)
+                if now_s >= due_s.get(connector_id, 0.0) or self._in_use(connector_id):
+                    await self.read_now(connector_id)
+                    interval_s = self.poll_interval_s if self._in_use(connector_id) else self.idle_poll_interval_s
+                    due_s[connector_id] = self.app.clock.monotonic_s() + interval_s
+            wait_s = max(0.0, min(due_s.values(), default=now_s + self.poll_interval_s) - self.app.clock.monotonic_s())
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait_s):
+                    await self._wake.wait()
 
     def _contribute(self, connector_id: int, entry: dict[str, Any]) -> None:
         reading = self._latest.get(connector_id)
