@@ -105,7 +105,7 @@ END_STATUSES = frozenset(
 # ---------------------------------------------------------------------- log ring buffer
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)   # up to LOG_RING_CAPACITY of them live in memory
 class LogLine:
     created_s: float     # system time of the record (time.time())
     level: str
