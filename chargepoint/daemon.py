@@ -53,6 +53,17 @@ def validate_runtime_settings(settings: Settings) -> None:
             raise ConfigError("tls.ca_file", f"not a usable PEM CA bundle: {exc}") from None
 
 
+def release_startup_memory() -> None:
+    """Give the heap that start-up (imports, schema compilation, TLS set-up) freed back to the
+    OS: ~1.3 MB of RSS on a board with little of it. glibc only; harmless elsewhere."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 async def _main(settings: Settings) -> tuple[int, bool]:
     from chargepoint.app import ChargePointApp
 
@@ -70,6 +81,7 @@ async def _main(settings: Settings) -> tuple[int, bool]:
                 break
             await asyncio.sleep(0.1)
         notifier.ready(f"connection {app.link.state}")
+        release_startup_memory()
 
     async def watchdog(interval_s: float) -> None:
         # Fed from the event loop itself: a hung loop stops feeding and systemd restarts us.
