@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
 
 from chargepoint.devtools.ntp_server import NtpServer
 from chargepoint.devtools.pki import ensure_pki
@@ -62,6 +63,13 @@ class BenchServer:
     async def handler(self, ws: ServerConnection) -> None:
         self.ws = ws
         self.connected.set()
+        try:
+            await self._serve(ws)
+        except ConnectionClosed:
+            pass  # the peer process was terminated at the end of its measurement
+        self.connected.clear()
+
+    async def _serve(self, ws: ServerConnection) -> None:
         async for text in ws:
             msg = json.loads(text)
             if msg[0] == 2:
@@ -83,7 +91,6 @@ class BenchServer:
                 fut = self._pending.pop(msg[1], None)
                 if fut is not None and not fut.done():
                     fut.set_result(msg)
-        self.connected.clear()
 
     async def call(self, action: str, payload: dict[str, Any]) -> Any:
         assert self.ws is not None
