@@ -26,7 +26,7 @@ from chargepoint.app import ChargePointApp
 from chargepoint.csms.server import Received
 from chargepoint.services.tx_delivery import clock_time_resolver
 from chargepoint.store.queue import QueuedMessage, resolve_payload
-from tests.support.harness import ChargerEnv, charger_env, eventually
+from tests.support.harness import ChargerEnv, charger_env, come_back, eventually, go_offline
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.slow]
 
@@ -48,17 +48,8 @@ async def running(env: ChargerEnv, *, wait_online: bool = True) -> AsyncIterator
         yield app
 
 
-async def go_offline(env: ChargerEnv, app: ChargePointApp) -> None:
-    await env.csms.stop()
-    await eventually(lambda: not app.online, timeout_s=WAIT_S, message="charger offline")
 
 
-async def come_back(env: ChargerEnv, app: ChargePointApp) -> int:
-    """The central system back on the same port; the charger reconnects without waiting out its back-off."""
-    index = len(env.csms.received)
-    await env.csms.start()
-    app.link.request_reconnect()
-    return index
 
 
 async def pending(env: ChargerEnv) -> int:
