@@ -50,11 +50,13 @@ def main(state_dir: str, seed: int) -> None:
         mono += 1.0
         t = EventTime(boot, mono, None)
         for _ in range(2):  # the second attempt must be refused: never two stops
+            stop_seq = None
             with store.transaction():
                 if store.transactions.mark_stop_queued(local_id, stop_meter_wh=meter_wh, stop_time=t, reason="Local"):
-                    seq = store.queue.enqueue("StopTransaction", {"lid": local_id}, local_tx_id=local_id,
-                                              kind="stop", event_time=t)
-                    print(f"P {local_id} {seq}", flush=True)
+                    stop_seq = store.queue.enqueue("StopTransaction", {"lid": local_id}, local_tx_id=local_id,
+                                                   kind="stop", event_time=t)
+            if stop_seq is not None:  # reported only once the commit has returned
+                print(f"P {local_id} {stop_seq}", flush=True)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,12 @@ def _run_and_kill(state_dir: Path, seed: int, rng: random.Random) -> list[list[s
         time.sleep(rng.random() * 0.02)  # land somewhere inside a later commit
     finally:
         proc.send_signal(signal.SIGKILL)
-        rest, err = proc.communicate(timeout=30)
+        proc.wait(timeout=30)
+    # Read the rest through the same buffered reader: readline() may already hold lines read
+    # ahead, which communicate() (raw os.read on the descriptor) would silently skip.
+    rest = proc.stdout.read()
+    assert proc.stderr is not None
+    err = proc.stderr.read()
     assert proc.returncode == -signal.SIGKILL, err.decode()[-2000:]
     complete = rest.decode().split("\n")[:-1]  # a line cut off by the kill is not complete
     lines.extend(line.split() for line in complete)
