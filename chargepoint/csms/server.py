@@ -1052,8 +1052,6 @@ class CentralSystem:
             if tx is None or tx.cp_id != cp_id:
                 self._violation(cp_id, "unknown-transaction", f"MeterValues for unknown transaction {tx_id}",
                                 rec.action, mid)
-            elif tx.stop == payload:
-                pass   # the same stop again under a new message id (its .conf was lost)
             elif tx.stop is not None:
                 self._violation(cp_id, "meter-values-after-stop",
                                 f"MeterValues for transaction {tx_id} after its StopTransaction", rec.action, mid)
