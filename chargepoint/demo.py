@@ -100,13 +100,7 @@ class Demo:
         self._seen = len(self.csms.received)
 
     async def watch(self, seconds: float, every_s: float = 2.0) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            self.narrate_messages()
-            with contextlib.suppress(OSError, KeyError):
-                print(line(await self.status()), flush=True)
-            await asyncio.sleep(min(every_s, max(0.0, deadline - time.monotonic())))
-        self.narrate_messages()
+        await self.watch_until(lambda _status: False, seconds, every_s)
 
     async def watch_until(self, done: Any, timeout_s: float, every_s: float = 2.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -117,7 +111,7 @@ class Demo:
                 print(line(status), flush=True)
                 if done(status):
                     break
-            await asyncio.sleep(every_s)
+            await asyncio.sleep(min(every_s, max(0.0, deadline - time.monotonic())))
         self.narrate_messages()
 
     def profile(self, transaction_id: int | None) -> dict[str, Any]:
