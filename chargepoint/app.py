@@ -387,7 +387,7 @@ class ChargePointApp:
 
     def status(self) -> dict[str, Any]:
         """interfaces.md §5 `status` result."""
-        link_stats = self.link.stats() if hasattr(self.link, "stats") else {}
+        link_stats = self.link.stats()
         result: dict[str, Any] = {
             "charge_point_id": self.settings.ocpp.charge_point_id,
             "connection": self.link.state,

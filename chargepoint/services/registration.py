@@ -49,6 +49,7 @@ class RegistrationService:
         self.status: str | None = None          # last BootNotification.conf status this process
         self.accepted = asyncio.Event()         # Accepted at least once since this process started
         self._rejected_until_s: float | None = None
+        self._retry_wait_s = DEFAULT_RETRY_INTERVAL_S  # wait before the next BootNotification after non-Accepted
         self._boot_requested = asyncio.Event()  # TriggerMessage(BootNotification)
         self._last_outbound_s = app.clock.monotonic_s()
         self._on_accepted: list[Callable[[], None]] = []
