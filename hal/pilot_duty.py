@@ -18,7 +18,7 @@ def duty_percent_for_current(current_a: float) -> float:
     must not signal a current at all (no PWM), never less than 10 %; above 80 A
     the table ends, so the offer is clamped.
     """
-    if current_a < MIN_CURRENT_A:
+    if not current_a >= MIN_CURRENT_A:   # also catches NaN: a broken limit never reaches the PWM
         return NO_PWM_DUTY_PERCENT
     current_a = min(current_a, MAX_CURRENT_A)
     if current_a <= 51.0:

@@ -17,14 +17,13 @@ from dataclasses import dataclass
 
 from hal.faults import FAULT_TABLE, FaultReport
 from hal.interfaces import CpState, Fault
+from hal.pilot_duty import MAX_CURRENT_A, MIN_CURRENT_A, NO_PWM_DUTY_PERCENT, duty_percent_for_current
 
 # IEC 61851-1 Annex A: the lowest current a PWM can offer is 6 A (10 % duty);
 # below that the EVSE pauses with a steady +12 V / +9 V (100 % duty, no PWM).
-MIN_CURRENT_A = 6.0
-# 96 % duty = 80 A is the top of the mapping; anything above is clamped.
-MAX_PWM_CURRENT_A = 80.0
-NO_PWM_DUTY_PERCENT = 100.0
-_LOW_RANGE_TOP_A = 51.0   # 85 % duty: end of the "A / 0.6" range
+# 96 % duty = 80 A is the top of the mapping; anything above is clamped. The encoder
+# (current -> duty) is the drivers' own table, one implementation for all of them.
+MAX_PWM_CURRENT_A = MAX_CURRENT_A
 _LOW_RANGE_TOP_DUTY = 85.0
 _MAX_DUTY = 96.0
 
@@ -36,26 +35,12 @@ ENERGY_REQUEST_STATES = frozenset({CpState.C, CpState.D})
 # --------------------------------------------------------------------------- duty cycle
 
 
-def duty_percent_for_current(current_a: float) -> float:
-    """PWM duty cycle for an offered current (IEC 61851-1 Annex A, table A.8).
-
-    Below 6 A (and for 0 = pause) there is no PWM: 100 %. A duty below 10 % is
-    never produced (it means "digital communication" or "no charging" to the EV).
-    6..51 A: A / 0.6 (10..85 %); 51..80 A: A / 2.5 + 64 (84.4..96 %); above 80 A
-    clamps to 80 A (96 %).
-    """
-    if not current_a >= MIN_CURRENT_A:   # also catches NaN
-        return NO_PWM_DUTY_PERCENT
-    current_a = min(current_a, MAX_PWM_CURRENT_A)
-    if current_a <= _LOW_RANGE_TOP_A:
-        return current_a / 0.6
-    # For 51 < A < 52.5 this formula gives 84.4..85 %, which an EV decodes with
-    # the low-range rule as 50.6..51 A: slightly less than offered, never more.
-    return current_a / 2.5 + 64.0
-
-
 def current_for_duty_percent(duty_percent: float) -> float:
     """The current an EV reads from a duty cycle (IEC 61851-1 Annex A, table A.7).
+
+    The exact inverse of duty_percent_for_current, for reasoning about what the EV is
+    offered. hal.pilot_duty.current_for_duty is the simulated car's reading, quantized
+    to 0.01 A like a real PWM decoder; the two differ on purpose.
 
     10..85 %: duty x 0.6; 85..96 %: (duty - 64) x 2.5; 8..10 % reads as 6 A and
     96..97 % as 80 A (tolerance bands); anything else (no PWM, < 8 %, > 97 %)
