@@ -5,8 +5,9 @@ SetChargingProfile.req (or the `chargingProfile` of RemoteStartTransaction.req)
 and applies the semantic rules the JSON schema cannot express, raising
 `ProfileRejected(reason)`; the caller answers `Rejected` (§5.16) and logs the reason.
 
-Limits arrive as `Decimal` when the frame was parsed for schema validation and
-as `float` otherwise (field notes §1); both become `float` here. Datetimes are
+Limits arrive as `float` from our own parser, or as `Decimal` from a parser that
+keeps decimals (the `ocpp` library's, field notes §1); both become `float` here
+(any real `numbers.Number` is accepted, so `decimal` need not be imported). Datetimes are
 aware UTC `datetime`s. `to_json` / `from_json` round-trip a profile for the
 store (the shape is a SetChargingProfile.req payload).
 """
@@ -14,9 +15,9 @@ store (the shape is a SetChargingProfile.req payload).
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any, Literal, cast
 
 Purpose = Literal["ChargePointMaxProfile", "TxDefaultProfile", "TxProfile"]
@@ -115,7 +116,7 @@ def format_datetime(dt: datetime) -> str:
 
 
 def _number(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
+    if isinstance(value, (bool, complex)) or not isinstance(value, numbers.Number):
         raise ProfileRejected(f"{what} is not a number")
     result = float(value)
     if not math.isfinite(result):
@@ -128,7 +129,7 @@ def _integer(value: Any, what: str) -> int:
         raise ProfileRejected(f"{what} is not an integer")
     if isinstance(value, int):
         return value
-    if isinstance(value, (float, Decimal)) and value == int(value):
+    if isinstance(value, numbers.Number) and not isinstance(value, complex) and value == int(value):  # type: ignore[call-overload]
         return int(value)
     raise ProfileRejected(f"{what} is not an integer")
 

@@ -23,11 +23,11 @@ a blackout").
 from __future__ import annotations
 
 import contextlib
-import decimal
 import json
 import logging
 import os
 import sqlite3
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -78,8 +78,10 @@ def time_columns(t: EventTimeLike | None) -> tuple[str | None, float | None, flo
 
 
 def _json_default(value: Any) -> Any:
-    # Schema-validated charging profiles carry Decimal limits (field-notes §1).
-    if isinstance(value, decimal.Decimal):
+    # A payload parsed with Decimal numbers (the `ocpp` library's parser, field-notes §1).
+    # Checked through sys.modules so that `decimal` is never imported just for this.
+    decimal = sys.modules.get("decimal")
+    if decimal is not None and isinstance(value, decimal.Decimal):
         return int(value) if value == value.to_integral_value() else float(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
