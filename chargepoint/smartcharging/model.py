@@ -115,8 +115,13 @@ def format_datetime(dt: datetime) -> str:
 # --------------------------------------------------------------------------- parsing
 
 
+def _is_real(value: Any) -> bool:
+    # int, float, and Decimal (registered as numbers.Number, not numbers.Real).
+    return isinstance(value, numbers.Number) and not isinstance(value, (bool, complex))
+
+
 def _number(value: Any, what: str) -> float:
-    if isinstance(value, (bool, complex)) or not isinstance(value, numbers.Number):
+    if not _is_real(value):
         raise ProfileRejected(f"{what} is not a number")
     result = float(value)
     if not math.isfinite(result):
@@ -129,7 +134,7 @@ def _integer(value: Any, what: str) -> int:
         raise ProfileRejected(f"{what} is not an integer")
     if isinstance(value, int):
         return value
-    if isinstance(value, numbers.Number) and not isinstance(value, complex) and value == int(value):  # type: ignore[call-overload]
+    if _is_real(value) and value == int(value):
         return int(value)
     raise ProfileRejected(f"{what} is not an integer")
 
