@@ -125,6 +125,25 @@ def test_run_with_an_invalid_toml_file_exits_2(tmp_path: Path) -> None:
     assert result.returncode == 2 and "not valid TOML" in result.stderr
 
 
+@pytest.mark.parametrize("form", [["--config", "{f}"], ["--config={f}"]])
+def test_run_reads_its_config_without_loading_argparse(tmp_path: Path, form: list[str]) -> None:
+    # The daemon's `run` skips argparse (0.6 MB of resident memory for years, issue 2):
+    # both spellings reach the configuration, and argparse is never imported.
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[ocpp\nurl=")
+    args = [a.replace("{f}", str(bad)) for a in form]
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "chargepoint", "run", *args],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "not valid TOML" in result.stderr
+    assert "| argparse" not in result.stderr
+
+
+@pytest.mark.parametrize("args", [["run", "--bogus"], ["run", "--config"], ["run", "--config", "a.toml", "extra"]])
+def test_run_with_anything_else_gets_argparse_usage_and_exit_2(args: list[str]) -> None:
+    result = run_cli(*args)
+    assert result.returncode == 2 and "usage: chargepoint" in result.stderr
+
+
 def test_status_without_a_daemon_exits_1(tmp_path: Path) -> None:
     result = run_cli("status", "--socket", str(tmp_path / "nobody.sock"))
     assert result.returncode == 1
