@@ -157,15 +157,23 @@ class SmartChargingManager:
             profile_id = profile_payload.get("chargingProfileId") if isinstance(profile_payload, dict) else None
             log.info("SetChargingProfile id=%s on connector %d rejected: %s", profile_id, connector_id, exc.reason)
             return "Rejected"
-        # The same profile sent again (central systems re-send their defaults on every
-        # reconnect) leaves the installed set as it was: stored again, nothing to re-evaluate.
-        unchanged = replaced == {profile.id} and self._profiles.get(profile.id) == profile
+        if replaced == {profile.id} and self._profiles.get(profile.id) == profile:
+            # The same profile sent again (central systems re-send their defaults on every
+            # reconnect): the installed set mirrors what the store has committed (every change
+            # is saved before it is installed, and removed from memory only once deleted), so
+            # this very profile is already durably stored (errata 3.37) and nothing changes:
+            # no write, nothing to re-evaluate.
+            log.info("charging profile %d installed: %s stackLevel %d on connector %d (unchanged)",
+                     profile.id, profile.purpose, profile.stack_level, connector_id)
+            return "Accepted"
         self._install(profile, replaced)
-        log.info("charging profile %d installed: %s stackLevel %d on connector %d%s", profile.id,
-                 profile.purpose, profile.stack_level, connector_id,
-                 " (unchanged)" if unchanged else f" (replaced {sorted(replaced)})" if replaced else "")
-        if not unchanged:
-            self._notify()
+        if replaced:
+            log.info("charging profile %d installed: %s stackLevel %d on connector %d (replaced %s)", profile.id,
+                     profile.purpose, profile.stack_level, connector_id, sorted(replaced))
+        else:
+            log.info("charging profile %d installed: %s stackLevel %d on connector %d", profile.id,
+                     profile.purpose, profile.stack_level, connector_id)
+        self._notify()
         return "Accepted"
 
     def _check_capabilities(self, profile: ChargingProfile) -> None:
