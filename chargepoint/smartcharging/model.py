@@ -156,14 +156,20 @@ def _parse_schedule(doc: Any) -> ChargingSchedule:
     for index, raw in enumerate(raw_periods):
         if not isinstance(raw, dict):
             raise ProfileRejected(f"period {index} is not an object")
-        start = _integer(raw.get("startPeriod"), f"period {index} startPeriod")
+        # The common types take no conversion (and build no error text): this loop runs for
+        # every period of every SetChargingProfile, re-sent defaults included.
+        start = raw.get("startPeriod")
+        if type(start) is not int:
+            start = _integer(start, f"period {index} startPeriod")
         if index == 0 and start != 0:
             # Errata 3.45 / 3.70 / 4.13: the first period starts at 0.
             raise ProfileRejected("the first period must have startPeriod 0")
         if periods and start <= periods[-1].start_period_s:
             # §7.14: each startPeriod ends the previous period, so they must increase.
             raise ProfileRejected(f"period {index} startPeriod does not increase")
-        limit = _number(raw.get("limit"), f"period {index} limit")
+        limit = raw.get("limit")
+        if type(limit) is not float or not math.isfinite(limit):
+            limit = _number(limit, f"period {index} limit")
         if limit < 0:
             raise ProfileRejected(f"period {index} limit is negative")
         phases_raw = raw.get("numberPhases")

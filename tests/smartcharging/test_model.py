@@ -143,3 +143,35 @@ def test_empty_period_list_is_rejected_without_a_schema() -> None:
 def test_from_json_rejects_a_damaged_document() -> None:
     with pytest.raises(ProfileRejected):
         from_json({"chargingProfileId": 3})
+
+
+def _periods(*periods: dict[str, Any]) -> dict[str, Any]:
+    return tx_profile(schedule={"chargingSchedulePeriod": list(periods)})
+
+
+@pytest.mark.parametrize(("start", "limit", "expected"), [
+    (0, 16.0, (0, 16.0)),                   # the plain wire types
+    (0, 16, (0, 16.0)),                     # an integer limit is a number like any other
+    (0, Decimal("13.2"), (0, 13.2)),        # a decimal-keeping parser (field notes §1)
+    (0.0, 16.0, (0, 16.0)),                 # an integral float startPeriod is an integer
+])
+def test_period_numbers_of_any_real_type_become_int_start_and_float_limit(start: Any, limit: Any,
+                                                                          expected: tuple[int, float]) -> None:
+    period = parse_profile(_periods({"startPeriod": start, "limit": limit}), connector_id=1).schedule.periods[0]
+    assert (period.start_period_s, period.limit) == expected
+    assert type(period.start_period_s) is int and type(period.limit) is float
+
+
+@pytest.mark.parametrize("period", [
+    {"startPeriod": 0, "limit": float("inf")},
+    {"startPeriod": 0, "limit": float("nan")},
+    {"startPeriod": 0, "limit": "16"},
+    {"startPeriod": 0, "limit": True},
+    {"startPeriod": False, "limit": 16.0},
+    {"startPeriod": 0.5, "limit": 16.0},
+    {"startPeriod": "0", "limit": 16.0},
+])
+def test_period_values_that_are_not_real_finite_numbers_are_rejected_without_a_schema(period: dict[str, Any]) -> None:
+    # parse_profile also reads stored documents (from_json), which no schema checked.
+    with pytest.raises(ProfileRejected):
+        parse_profile(_periods(period), connector_id=1)
