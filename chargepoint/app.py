@@ -22,6 +22,7 @@ from chargepoint.clock import Clock
 from chargepoint.config import Settings, check_state_dir
 from chargepoint.control import ControlServer
 from chargepoint.evse.controller import ConnectorController, ConnectorEvent
+from chargepoint.ntp import keep_clock_synced
 from chargepoint.ocppj.session import CallErrorReceived, CallTimeout, NoReply, NotConnected, Reply, Session
 from chargepoint.services.configuration import ConfigurationStore, default_key_table
 from chargepoint.services.registration import RegistrationService
@@ -332,6 +333,7 @@ class ChargePointApp:
             if run is not None:
                 starters.append((type(svc).__name__, run))
         starters.append(("registration", self.registration.run))
+        starters.append(("ntp-resync", lambda: keep_clock_synced(self.clock, self.settings.ntp)))
         starters.append(("link", self.link.run))
         for name, factory in starters:
             self._tasks.append(asyncio.get_running_loop().create_task(self._supervise(name, factory), name=name))

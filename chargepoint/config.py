@@ -74,6 +74,9 @@ class NtpSettings:
     timeout_s: float = 2.0
     # A clock stepped when |offset| exceeds this; smaller offsets are only recorded.
     step_threshold_s: float = 0.5
+    # Re-query while connected: the pre-handshake sync alone leaves a charger that stays
+    # connected for months on its own oscillator (50 ppm is 4 s a day). 0 disables.
+    resync_interval_s: float = 6 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -334,7 +337,20 @@ def _parse_ntp(doc: dict[str, Any]) -> NtpSettings:
         set_clock=_bool(t, "ntp", "set_clock", True),
         timeout_s=float(_num(t, "ntp", "timeout_s", 2.0, minimum=0.05, maximum=30) or 2.0),
         step_threshold_s=float(_num(t, "ntp", "step_threshold_s", 0.5, minimum=0) or 0.5),
+        resync_interval_s=_resync_interval(t),
     )
+
+
+# Public pools ask clients not to poll faster than NTP's minimum poll, 2^6 s (RFC 5905 §7.3).
+NTP_MIN_RESYNC_INTERVAL_S = 64.0
+
+
+def _resync_interval(t: dict[str, Any]) -> float:
+    value = float(_num(t, "ntp", "resync_interval_s", 6 * 3600.0, minimum=0) or 0.0)
+    if 0 < value < NTP_MIN_RESYNC_INTERVAL_S:
+        raise ConfigError("ntp.resync_interval_s",
+                          f"must be 0 (off) or at least {NTP_MIN_RESYNC_INTERVAL_S:.0f} s (RFC 5905 minimum poll)")
+    return value
 
 
 def _parse_meter(t: dict[str, Any], prefix: str) -> MeterSettings:

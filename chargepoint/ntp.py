@@ -1,7 +1,10 @@
-"""NTP before every TLS handshake (interfaces.md section 4).
+"""NTP before every TLS handshake (interfaces.md section 4), and every few hours.
 
 The certificate check needs a correct clock (ev.energy requirements; Security WP
 A00.FR.307), so the link manager calls `sync_clock` before each connection attempt.
+A charger can stay connected for months, so `keep_clock_synced` also re-queries every
+`[ntp] resync_interval_s` while running: OCPP timestamps (meter values, transaction
+times) stay on NTP time rather than on the board's drifting oscillator.
 ntplib is blocking: each query runs in a worker thread.
 """
 
@@ -12,7 +15,7 @@ import errno
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import ntplib
@@ -24,6 +27,10 @@ log = logging.getLogger("chargepoint.ntp")
 
 StepFunction = Callable[[float], None]  # sets the system clock to this many seconds since the epoch
 QueryFunction = Callable[[str, int, float], "ntplib.NTPStats"]
+SyncFunction = Callable[[Clock, NtpSettings], Awaitable["NtpResult | None"]]
+
+# After a periodic sync found no server, try again this soon rather than a full interval.
+RESYNC_RETRY_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -93,3 +100,21 @@ async def sync_clock(clock: Clock, settings: NtpSettings, *,
                  offset_s, host, port, stats.stratum, stats.delay, ", clock stepped" if stepped else "")
         return NtpResult(host, port, offset_s, float(stats.delay), int(stats.stratum), stepped)
     return None
+
+
+async def keep_clock_synced(clock: Clock, settings: NtpSettings, *,
+                            sync: SyncFunction | None = None) -> None:
+    """Re-synchronise every `settings.resync_interval_s` for as long as it runs (0: never).
+
+    A failed round is retried after RESYNC_RETRY_S (or the interval, if shorter); the clock
+    keeps its last offset meanwhile, and the central system's currentTime takes over once
+    that is stale (Clock.apply_central_time)."""
+    interval_s = settings.resync_interval_s
+    if interval_s <= 0:
+        return
+    do_sync = sync or (lambda c, s: sync_clock(c, s))
+    wait_s = interval_s
+    while True:
+        await asyncio.sleep(wait_s)
+        result = await do_sync(clock, settings)
+        wait_s = interval_s if result is not None else min(interval_s, RESYNC_RETRY_S)

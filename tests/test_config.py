@@ -50,6 +50,8 @@ def test_endpoint_url_appends_the_percent_encoded_id() -> None:
         ({"ocpp": {"url": "wss://cs/ocpp", "password": "0123456789abcdef"}}, "ocpp.charge_point_id"),
         ({**minimal(), "ntp": {"servers": []}}, "ntp.servers"),
         ({**minimal(), "ntp": {"servers": ["host:notaport"]}}, "ntp.servers"),
+        ({**minimal(), "ntp": {"resync_interval_s": 10}}, "ntp.resync_interval_s"),
+        ({**minimal(), "ntp": {"resync_interval_s": -1}}, "ntp.resync_interval_s"),
         ({**minimal(), "hal": {"backend": "arduino"}}, "hal.backend"),
         ({**minimal(), "meter": {"driver": "nope"}}, "meter.driver"),
         ({**minimal(), "meter": {"driver": "sdm630", "transport": "rtu"}}, "meter.device"),
@@ -63,6 +65,12 @@ def test_bad_configuration_names_the_key(doc: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_settings(doc)
     assert info.value.key == key
+
+
+def test_ntp_resync_defaults_to_six_hours_and_zero_turns_it_off() -> None:
+    assert parse_settings(minimal()).ntp.resync_interval_s == 6 * 3600
+    assert parse_settings({**minimal(), "ntp": {"resync_interval_s": 0}}).ntp.resync_interval_s == 0
+    assert parse_settings({**minimal(), "ntp": {"resync_interval_s": 64}}).ntp.resync_interval_s == 64
 
 
 def test_password_file_must_be_private(tmp_path: Path) -> None:

@@ -5,15 +5,18 @@ The real system clock is never stepped here: set_clock=false, or an injected ste
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import errno
 import time
 from collections.abc import Iterator
 
 import pytest
 
+from chargepoint import ntp as ntp_module
 from chargepoint.clock import Clock
 from chargepoint.config import NtpSettings
-from chargepoint.ntp import sync_clock
+from chargepoint.ntp import keep_clock_synced, sync_clock
 from tests.support.ntp_server import NtpServer
 
 FAKE_OFFSET_S = 3600.0
@@ -128,3 +131,52 @@ async def test_step_denied_eperm_falls_back_to_keeping_the_offset(ntp: NtpServer
     assert result is not None and not result.stepped
     assert clock.offset_s == pytest.approx(FAKE_OFFSET_S, abs=0.5)
     assert clock.wall_s() == pytest.approx(time.time() + FAKE_OFFSET_S, abs=0.5)
+
+
+
+@pytest.mark.asyncio
+async def test_keep_clock_synced_follows_the_server_without_a_reconnect(ntp: NtpServer) -> None:
+    """A charger connected for months re-queries NTP every resync_interval_s (real UDP exchange)."""
+    clock = Clock()
+    periodic = dataclasses.replace(settings(ntp), resync_interval_s=0.05)
+    task = asyncio.ensure_future(keep_clock_synced(clock, periodic))
+    try:
+        for target_s in (FAKE_OFFSET_S, -120.0):
+            ntp.offset_s = target_s
+            for _ in range(400):
+                if clock.synced and abs(clock.offset_s - target_s) < 0.5:
+                    break
+                await asyncio.sleep(0.05)
+            assert clock.offset_s == pytest.approx(target_s, abs=0.5)
+    finally:
+        task.cancel()
+
+
+class CountingSync:
+    def __init__(self, answers: bool) -> None:
+        self.answers, self.rounds = answers, 0
+
+    async def __call__(self, clock: Clock, s: NtpSettings) -> object:
+        self.rounds += 1
+        return object() if self.answers else None
+
+
+@pytest.mark.asyncio
+async def test_a_failed_round_is_retried_sooner_than_the_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ntp_module, "RESYNC_RETRY_S", 0.01)
+    periodic = dataclasses.replace(settings(), resync_interval_s=0.3)
+    failing, answering = CountingSync(answers=False), CountingSync(answers=True)
+    tasks = [asyncio.ensure_future(keep_clock_synced(Clock(), periodic, sync=s)) for s in (failing, answering)]
+    await asyncio.sleep(1.0)
+    for task in tasks:
+        task.cancel()
+    # Answered: one round per interval (at most 3 in 1 s). Unanswered: retried every 10 ms.
+    assert answering.rounds <= 3
+    assert failing.rounds > 3 * answering.rounds
+
+
+@pytest.mark.asyncio
+async def test_resync_interval_zero_never_queries() -> None:
+    sync = CountingSync(answers=True)
+    await keep_clock_synced(Clock(), dataclasses.replace(settings(), resync_interval_s=0), sync=sync)
+    assert sync.rounds == 0
