@@ -12,6 +12,8 @@ Configuration, inside the [hal] table (every path is taken under sysfs_root):
     backend = "linux"
     sysfs_root = "/"
     network_interfaces = { wifi = "wlan0", gsm = "ppp0" }
+    rfid_device = "/dev/input/by-id/usb-XXXX-event-kbd"   # optional: no card reader without it
+    rfid_grab = true                   # optional: exclusive access (EVIOCGRAB), best effort
 
     [[hal.connector]]                  # one per [[connector]], same order
     pwm_chip = 0
@@ -25,6 +27,20 @@ Configuration, inside the [hal] table (every path is taken under sysfs_root):
     lock_feedback_gpio = 23            # optional
     fault_gpios = { ground_fault = 5, overcurrent = 6 }   # optional, active high
     active_low_gpios = [27]            # optional: lines whose active level is 0
+    pp_adc = "/sys/bus/iio/devices/iio:device0/in_voltage1_raw"   # optional (tethered: none)
+    pp_adc_scale_v = 0.000805          # PP volts per ADC count (offset: pp_adc_offset_v, 0)
+    pp_pullup_ohm = 1000.0             # with pp_adc: the divider's pull-up to pp_supply_v
+    pp_supply_v = 3.3
+
+The card reader (hal.linux.evdev) is a USB "keyboard wedge" RFID reader: its
+evdev device under /dev/input/by-id/ (stable across reboots and USB ports); a
+card is its UID typed as digits, passed on as typed. The device may come and go:
+it is reopened every 5 s while missing.
+
+The proximity pilot (hal.linux.proximity) reads the PP resistor of a socket-outlet
+through the ADC behind a pull-up: Rc = pp_pullup_ohm * V / (pp_supply_v - V),
+decoded per IEC 61851-1 Annex B (13, 20, 32, 63 A). Open, short or unreadable:
+0 A (no valid cable, no current).
 
 The energy meter is a Modbus meter from the connector's [meter] table
 (fitted by hal.factory); without one, meter.read() raises MeterError.
@@ -33,6 +49,7 @@ The energy meter is a Modbus meter from the connector's [meter] table
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +66,8 @@ from hal.interfaces import (
     MeterReading,
     NetworkLinkState,
 )
+from hal.linux.evdev import EvdevIdReader
+from hal.linux.proximity import LinuxProximity
 from hal.linux.sysfs import Adc, Gpio, PwmChannel, SysfsError, under
 from hal.pilot_duty import NO_PWM_DUTY_PERCENT, duty_percent_for_current
 
@@ -202,7 +221,7 @@ class NoMeter:
 
 
 class NoIdReader:
-    """No card reader driver on this backend yet: cards never arrive."""
+    """No card reader configured ([hal] rfid_device): cards never arrive."""
 
     def set_listener(self, listener: IdTagListener) -> None:
         self._listener = listener
@@ -256,6 +275,14 @@ class _Opt:
             raise ConfigError(f"{self.prefix}.{key}", "must be a number")
         return float(value)
 
+    def positive(self, key: str) -> float:
+        value = self.table.get(key)
+        if value is None:
+            raise ConfigError(f"{self.prefix}.{key}", "missing")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"{self.prefix}.{key}", "must be a positive number")
+        return float(value)
+
     def path(self, key: str) -> str:
         value = self.table.get(key)
         if not isinstance(value, str) or not value:
@@ -283,7 +310,29 @@ def build_linux_board(options: Mapping[str, Any], connector_phases: Sequence[int
             connectors.append(_build_connector(root, _Opt(table, prefix), index + 1, phases))
         except SysfsError as exc:
             raise ConfigError(prefix, str(exc)) from None
-    return Board(connectors=connectors, id_reader=NoIdReader(), network=SysfsNetworkLinks(root, links, interfaces))
+    return LinuxBoard(connectors=connectors, id_reader=_build_id_reader(root, options),
+                      network=SysfsNetworkLinks(root, links, interfaces))
+
+
+class LinuxBoard(Board):
+    async def close(self) -> None:
+        if isinstance(self.id_reader, EvdevIdReader):
+            await self.id_reader.close()
+        await super().close()
+
+
+def _build_id_reader(root: Path, options: Mapping[str, Any]) -> EvdevIdReader | NoIdReader:
+    device = options.get("rfid_device")
+    grab = options.get("rfid_grab", True)
+    if not isinstance(grab, bool):
+        raise ConfigError("hal.rfid_grab", "must be true or false")
+    if device is None:
+        return NoIdReader()
+    if not isinstance(device, str) or not device:
+        raise ConfigError("hal.rfid_device", "must be the path of the reader's input device "
+                                             "(/dev/input/by-id/...-event-kbd)")
+    # Not checked for existence here: a USB reader may be plugged in later (the driver retries).
+    return EvdevIdReader(str(under(root, device)), grab=grab)
 
 
 def _build_connector(root: Path, opt: _Opt, connector_id: int, phases: int) -> ConnectorHardware:
@@ -322,9 +371,17 @@ def _build_connector(root: Path, opt: _Opt, connector_id: int, phases: int) -> C
         lock=lock,
         faults=LinuxFaults(inputs, relay, lock),
         meter=NoMeter(connector_id),
-        proximity=None,
+        proximity=_build_proximity(root, opt, connector_id),
         phases=phases,
     )
+
+
+def _build_proximity(root: Path, opt: _Opt, connector_id: int) -> LinuxProximity | None:
+    if opt.table.get("pp_adc") is None:
+        return None   # tethered cable: no PP to read, the connector's max_current_a is the cable's
+    adc = Adc(under(root, opt.path("pp_adc")), opt.number("pp_adc_scale_v", 1.0), opt.number("pp_adc_offset_v", 0.0))
+    return LinuxProximity(adc, pullup_ohm=opt.positive("pp_pullup_ohm"), supply_v=opt.positive("pp_supply_v"),
+                          connector_id=connector_id)
 
 
 def gpio_from(root: Path, opt: _Opt, key: str, active_low: set[int]) -> Gpio:
