@@ -78,7 +78,9 @@ class ControlPilot(Protocol):
 @runtime_checkable
 class ProximityPilot(Protocol):
     def cable_rating_a(self) -> float | None:
-        """Cable current rating from the PP resistor; None for a tethered cable / not fitted."""
+        """Cable current rating from the PP resistor (hal.pp_coding); None for a tethered
+        cable / not fitted; 0.0 when a PP is fitted but reads open, short or out of range
+        (no valid cable: the EVSE offers nothing)."""
 
 
 @runtime_checkable

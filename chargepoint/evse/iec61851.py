@@ -57,41 +57,6 @@ def current_for_duty_percent(duty_percent: float) -> float:
     return 0.0
 
 
-# --------------------------------------------------------------------------- proximity pilot
-
-
-@dataclass(frozen=True)
-class PpBand:
-    min_ohm: float      # inclusive
-    max_ohm: float      # exclusive
-    rating_a: float
-
-
-# IEC 61851-1 Annex B / IEC 62196-2 resistor coding: 1.5 kohm 13 A, 680 ohm 20 A,
-# 220 ohm 32 A, 100 ohm 63 A. Band edges sit between the nominal values on a
-# log scale (geometric means), far outside the resistors' +-3 % tolerance plus
-# ADC error. Below 60 ohm is a short, above 2.7 kohm an open PP: no valid cable.
-PP_BANDS: tuple[PpBand, ...] = (
-    PpBand(60.0, 150.0, 63.0),     # 100 ohm
-    PpBand(150.0, 390.0, 32.0),    # 220 ohm
-    PpBand(390.0, 1000.0, 20.0),   # 680 ohm
-    PpBand(1000.0, 2700.0, 13.0),  # 1500 ohm
-)
-
-
-def cable_rating_a_for_resistance_ohm(resistance_ohm: float) -> float:
-    """Cable current rating coded by the PP resistor; 0.0 when no band matches.
-
-    0.0 (short, open or out-of-band PP) means "no valid cable": the offer becomes
-    0 A, so a damaged or missing cable never gets the station's full current.
-    A tethered cable has no PP resistor at all; its HAL reports None instead.
-    """
-    for band in PP_BANDS:
-        if band.min_ohm <= resistance_ohm < band.max_ohm:
-            return band.rating_a
-    return 0.0
-
-
 def offered_current_a(connector_max_a: float, cable_rating_a: float | None = None,
                       limit_a: float | None = None, station_limit_a: float | None = None) -> float:
     """The current to offer: min of the limits present (field-notes 4); < 6 A -> 0 (pause)."""
@@ -270,7 +235,7 @@ def pending_raise(inputs: Inputs, memory: Memory) -> float | None:
 
 __all__ = [
     "ENERGY_REQUEST_STATES", "MAX_PWM_CURRENT_A", "MIN_CURRENT_A", "NO_PWM_DUTY_PERCENT",
-    "PLUGGED_STATES", "PP_BANDS", "Inputs", "Memory", "Outputs", "PpBand", "Timing",
-    "cable_rating_a_for_resistance_ohm", "current_for_duty_percent", "decide", "duty_percent_for_current",
+    "PLUGGED_STATES", "Inputs", "Memory", "Outputs", "Timing",
+    "current_for_duty_percent", "decide", "duty_percent_for_current",
     "offered_current_a", "pending_raise", "signals_f", "step", "stopping_faults",
 ]

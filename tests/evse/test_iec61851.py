@@ -14,7 +14,6 @@ from chargepoint.evse.iec61851 import (
     Inputs,
     Memory,
     Timing,
-    cable_rating_a_for_resistance_ohm,
     current_for_duty_percent,
     decide,
     duty_percent_for_current,
@@ -81,30 +80,6 @@ def test_duty_mapping_agrees_with_the_hal_pilot_drivers() -> None:
     for tenth_a in range(0, 900, 3):
         current_a = tenth_a / 10
         assert duty_percent_for_current(current_a) == pytest.approx(pilot_duty.duty_percent_for_current(current_a))
-
-
-# --------------------------------------------------------------------------- proximity pilot
-
-
-@pytest.mark.parametrize(("resistance_ohm", "rating_a"), [
-    (100.0, 63.0), (97.0, 63.0), (103.0, 63.0),
-    (220.0, 32.0), (213.0, 32.0), (227.0, 32.0),
-    (680.0, 20.0), (660.0, 20.0), (700.0, 20.0),
-    (1500.0, 13.0), (1455.0, 13.0), (1545.0, 13.0),
-    (0.0, 0.0), (30.0, 0.0),          # short
-    (10_000.0, 0.0), (math.inf, 0.0),  # open PP: no valid cable
-])
-def test_cable_rating_from_pp_resistor_iec61851_annex_b(resistance_ohm: float, rating_a: float) -> None:
-    assert cable_rating_a_for_resistance_ohm(resistance_ohm) == rating_a
-
-
-def test_pp_bands_are_contiguous_and_cover_three_percent_tolerance() -> None:
-    from chargepoint.evse.iec61851 import PP_BANDS
-    for lower, upper in itertools.pairwise(PP_BANDS):
-        assert lower.max_ohm == upper.min_ohm
-    for nominal_ohm, rating_a in ((100, 63), (220, 32), (680, 20), (1500, 13)):
-        for factor in (0.97, 1.0, 1.03):
-            assert cable_rating_a_for_resistance_ohm(nominal_ohm * factor) == rating_a
 
 
 # --------------------------------------------------------------------------- offered current

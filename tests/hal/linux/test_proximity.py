@@ -12,7 +12,8 @@ from chargepoint.config import ConfigError
 from chargepoint.evse.controller import ConnectorController
 from hal.interfaces import Board, ProximityPilot
 from hal.linux import build_linux_board
-from hal.linux.proximity import cable_rating_a_for_pp_ohm, resistance_ohm_for_pp_v
+from hal.linux.proximity import resistance_ohm_for_pp_v
+from hal.pp_coding import cable_rating_a_for_pp_ohm
 from tests.hal.clock import FakeClock
 from tests.hal.linux.test_board import IIO, make_tree, options
 
