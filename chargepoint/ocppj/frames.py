@@ -142,6 +142,10 @@ def parse(text: str | bytes) -> Frame:
         msg = _decode(text)
     except ValueError:  # JSONDecodeError is a ValueError, as is _reject_constant's
         raise FrameError(FORMATION_VIOLATION, "frame is not valid JSON") from None
+    except RecursionError:
+        # A hostile frame nested deeper than the decoder can follow ("[[[[..."): no PDU
+        # is nested that deep, and its id cannot be read, so it is dropped like bad JSON.
+        raise FrameError(FORMATION_VIOLATION, "frame is nested too deeply to be an OCPP-J message") from None
     if type(msg) is not list:
         raise FrameError(FORMATION_VIOLATION, "frame is not a JSON array")
     n = len(msg)

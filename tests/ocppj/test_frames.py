@@ -72,6 +72,16 @@ def test_invalid_json_is_formation_violation() -> None:
     assert parse_error(b"\xff\xfe").error_code == frames.FORMATION_VIOLATION
 
 
+@pytest.mark.parametrize("text", [
+    "[" * 100_000,
+    '[2,"id-1","DataTransfer",{"vendorId":"v","data":' + "[" * 50_000 + "]" * 50_000 + "}]",
+])
+def test_a_frame_nested_beyond_the_decoder_is_dropped_not_raised(text: str) -> None:
+    # A hostile central system cannot crash the parser with RecursionError.
+    error = parse_error(text)
+    assert error.error_code == frames.FORMATION_VIOLATION and error.message_id is None
+
+
 def test_bytes_frame_is_decoded_as_utf8() -> None:
     assert frames.parse('[3,"é",{}]'.encode()) == CallResult("é", {})
 
