@@ -102,7 +102,14 @@ def parse_datetime(value: Any) -> datetime:
         raise ProfileRejected(f"not a date-time: {value!r}")
     if dt.tzinfo is None:
         return dt.replace(tzinfo=UTC)
-    return dt.astimezone(UTC)
+    try:
+        return dt.astimezone(UTC)
+    except OverflowError:
+        # Valid RFC 3339 whose UTC instant lies outside what datetime holds, e.g.
+        # "9999-12-31T23:59:59-01:00" (year 10000 in UTC) or "0001-01-01T00:00:00+01:00":
+        # the nearest representable instant, less than a day away, means the same to any
+        # schedule ("for ever" / "since ever"). Found by tests/e2e/test_fuzz_actions.py.
+        return (datetime.max if dt.year > 1 else datetime.min).replace(tzinfo=UTC)
 
 
 def format_datetime(dt: datetime) -> str:

@@ -98,6 +98,21 @@ def test_datetimes_without_zone_are_utc_and_are_formatted_with_z() -> None:
     assert format_datetime(datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)) == "2026-01-02T03:04:05Z"
 
 
+def test_datetimes_whose_utc_instant_is_beyond_datetime_are_clamped_not_a_crash() -> None:
+    """Valid RFC 3339 at the edge of the calendar: "9999-12-31T23:59:59-01:00" is year 10000
+    in UTC, "0001-01-01T00:00:00+01:00" year 0. astimezone() raised OverflowError, so a
+    SetChargingProfile with such a validTo was answered InternalError (found by the schema
+    fuzz, tests/e2e/test_fuzz_actions.py). The nearest representable instant is meant."""
+    assert parse_datetime("9999-12-31T23:59:59-01:00") == datetime.max.replace(tzinfo=UTC)
+    assert parse_datetime("0001-01-01T00:00:00+01:00") == datetime.min.replace(tzinfo=UTC)
+    assert parse_datetime("9999-12-31T23:59:59+01:00") == datetime(9999, 12, 31, 22, 59, 59, tzinfo=UTC)
+    doc = schema_valid(1, tx_profile(validFrom="0001-01-01T00:00:00+01:00", validTo="9999-12-31T23:59:59-01:00"))
+    profile = parse_profile(doc, connector_id=1)
+    assert profile.valid_from is not None and profile.valid_to is not None
+    assert profile.valid_from < datetime(2000, 1, 1, tzinfo=UTC) < profile.valid_to
+    assert from_json(json.loads(json.dumps(to_json(profile)))) == profile   # the store round trip
+
+
 REJECTED = {
     "first period not at 0 (errata 3.45)": (1, tx_profile(schedule={"chargingSchedulePeriod": [
         {"startPeriod": 10, "limit": 6.0}]})),
