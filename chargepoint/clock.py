@@ -76,6 +76,13 @@ class Clock:
         self.sync_source: str | None = None
         self.last_step_s: float | None = None  # size of the last system clock step, for the log/status
         self._last_ntp_monotonic_s: float | None = None
+        self._listeners: list[Callable[[], None]] = []
+
+    def add_listener(self, callback: Callable[[], None]) -> None:
+        """callback() after every apply_offset (a sync, or a step of the system clock by us), so
+        a wait for a wall-clock time (reservation expiry) or for a step (SettingSystemTime)
+        needs no polling. A step of the system clock by anyone else has no event."""
+        self._listeners.append(callback)
 
     # ------------------------------------------------------------------ reading
 
@@ -123,6 +130,8 @@ class Clock:
         self.last_sync = self.now()
         if source == SOURCE_NTP:
             self._last_ntp_monotonic_s = self._monotonic()
+        for callback in list(self._listeners):
+            callback()
 
     def apply_central_time(self, current_time: str | datetime) -> bool:
         """BootNotification.conf / Heartbeat.conf currentTime (OCPP 1.6 §6.3, §6.31) as a

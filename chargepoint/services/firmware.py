@@ -83,7 +83,15 @@ MAX_FIRMWARE_BYTES = 512 * 1024 * 1024
 # A restart during installation re-runs it; an installer that kills the daemon every time
 # must not loop forever.
 MAX_INSTALL_ATTEMPTS = 3
+# A scheduled retrieve / install time is a wall-clock time: besides our own clock steps
+# (Clock.add_listener) the system clock may be stepped by something else, which has no event.
+WALL_CLOCK_RECHECK_S = 5.0
+# Without a transaction service to report stops, the installation re-checks this often
+# whether the transactions it waits for have ended.
 POLL_S = 2.0
+# Once the last transaction has ended, its StopTransaction.req (queued) gets this long to reach
+# the central system before the installation starts (no later than the old 2-s poll did).
+STOP_DELIVERY_WAIT_S = 2.0
 LOG_RING_CAPACITY = 5000
 
 DOWNLOAD_SCHEMES = ("http", "https", "ftp")
@@ -437,6 +445,13 @@ class FirmwareService:
         self._diagnostics_task: asyncio.Task[None] | None = None
         self._diagnostics_status: str | None = None      # "Uploading" while an upload runs
         self._unavailable: set[int] = set()              # connectors we made Unavailable (L01.FR.07)
+        # A waiting update job is woken by a clock sync / step and by a transaction's end.
+        self._wake = asyncio.Event()
+        app.clock.add_listener(self._wake.set)
+        transactions = app.transactions
+        self._stops_notified = transactions is not None and hasattr(transactions, "add_listener")
+        if self._stops_notified:
+            transactions.add_listener(self._on_transaction_event)
         # Built on the first transfer: an SSL context with the CA bundle loaded costs memory
         # (~1 MB with a system bundle) for a feature most chargers use once a year.
         self._opener_built: urllib.request.OpenerDirector | None = None
@@ -634,15 +649,28 @@ class FirmwareService:
         if job.phase == "installing":
             await self._install(job)
 
+    def _on_transaction_event(self, event: Any) -> None:
+        from chargepoint.services.transactions import TransactionStopped
+
+        if isinstance(event, TransactionStopped):
+            self._wake.set()
+
+    async def _wait_wake(self, timeout_s: float | None) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._wake.wait()
+
     async def _until(self, job: FirmwareJob, when_s: float, scheduled_status: str | None) -> None:
-        """Wait until the wall clock reaches `when_s` (re-read every few seconds: NTP may step it)."""
+        """Wait until the wall clock reaches `when_s` (re-read on our clock changes, and every
+        few seconds for a step by someone else)."""
         if when_s > self.app.clock.wall_s() and scheduled_status is not None:
             await self._report(job, scheduled_status)
         while True:
+            self._wake.clear()
             remaining_s = when_s - self.app.clock.wall_s()
             if remaining_s <= 0:
                 return
-            await asyncio.sleep(min(remaining_s, 5.0))
+            await self._wait_wake(min(remaining_s, WALL_CLOCK_RECHECK_S))
 
     async def _download(self, job: FirmwareJob) -> bool:
         attempts = 1 + max(0, job.retries)
@@ -684,7 +712,11 @@ class FirmwareService:
         """Errata 3.49 / L01.FR.06-07: install only when no transaction runs; meanwhile every
         connector not in use is Unavailable."""
         logged = False
-        while busy := self._connectors_in_transaction():
+        while True:
+            self._wake.clear()
+            busy = self._connectors_in_transaction()
+            if not busy:
+                break
             for cid, controller in self.app.controllers.items():
                 if cid not in busy and cid not in self._unavailable:
                     controller.set_available(False)
@@ -692,7 +724,15 @@ class FirmwareService:
             if not logged:
                 log.info("firmware installation waits for the transaction(s) on connector(s) %s to end", busy)
                 logged = True
-            await asyncio.sleep(POLL_S)
+            await self._wait_wake(None if self._stops_notified else POLL_S)
+        if logged:
+            # The stop is queued, not yet sent: let the central system see the StopTransaction.req
+            # before "Installing" and the restart (bounded; only while there is a link to send on).
+            deadline_s = self.app.clock.monotonic_s() + STOP_DELIVERY_WAIT_S
+            # The count lives in SQLite (no event): a short poll, for at most STOP_DELIVERY_WAIT_S.
+            while (self.app.online and self.app.store.queue.pending_count() > 0  # noqa: ASYNC110
+                   and self.app.clock.monotonic_s() < deadline_s):
+                await asyncio.sleep(0.05)
 
     def _restore_availability(self) -> None:
         store = self.app.store

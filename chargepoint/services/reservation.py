@@ -29,11 +29,15 @@ OCPP 1.6 §3.11, §5.13 (ReserveNow, with errata 4.12), §5.1 (CancelReservation
   every connector) becomes Faulted or Unavailable (§5.13 (3)).
 - Reservations persist in the store (store.reservations) and survive a restart.
   Expiry needs a synchronised clock: until then none is expired.
+- Expiry is not polled: the loop sleeps until the earliest expiryDate (converted to the
+  monotonic clock when it goes to sleep) and is woken when the set of reservations
+  changes and when the clock is synchronised or stepped by us (Clock.add_listener).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -48,7 +52,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("chargepoint.reservation")
 
-EXPIRY_POLL_S = 1.0
+# The wall clock can also be stepped by something other than this daemon (another time
+# service, an operator): that has no event, so a sleep towards an expiryDate re-reads the
+# clock at least this often. Only while a reservation is waiting to expire.
+WALL_CLOCK_RECHECK_S = 5.0
 
 ACCEPTED = "Accepted"
 FAULTED = "Faulted"
@@ -206,6 +213,14 @@ class ReservationService:
         app.add_connector_status_contributor(self._connector_status)
         app.add_status_contributor(self._station_status)
         self._held: set[int] = set()
+        # The expiry loop's next deadline may have changed: a reservation was made, replaced,
+        # used or cancelled, or the clock was synchronised / stepped.
+        self._wake = asyncio.Event()
+        app.clock.add_listener(self._wake.set)
+        transactions = app.transactions
+        if transactions is not None and hasattr(transactions, "add_listener"):
+            # A start or stop changes which connectors can serve a connector-0 reservation.
+            transactions.add_listener(lambda _event: self._wake.set())
         # Restart: the stored reservations hold their connectors again before the first step.
         for cid in _specific(self.reservations()):
             if cid in app.controllers:
@@ -234,6 +249,7 @@ class ReservationService:
         """The reservation's idTag started (or is starting) a transaction: it ends (§5.13 (1))."""
         if self.app.store.reservations.delete(reservation_id):
             log.info("reservation %d used", reservation_id)
+            self._wake.set()
         self.refresh()
 
     # ----------------------------------------------------------------- OCPP
@@ -257,6 +273,7 @@ class ReservationService:
                  connector_id, expiry_text, status)
         if status == ACCEPTED:
             self.app.store.reservations.upsert(candidate)
+            self._wake.set()   # the expiry loop may sleep towards a later expiryDate, or none
             self.refresh()
         return {"status": status}
 
@@ -265,6 +282,7 @@ class ReservationService:
         if not self.app.store.reservations.delete(reservation_id):
             return {"status": REJECTED}
         log.info("reservation %d cancelled", reservation_id)
+        self._wake.set()
         self.refresh()
         return {"status": ACCEPTED}
 
@@ -299,11 +317,29 @@ class ReservationService:
         if isinstance(event, StatusChanged):
             self.refresh()
 
+    def wake(self) -> None:
+        """Something refresh() depends on changed without a connector status change (the charge
+        point's availability): look again now."""
+        self._wake.set()
+
     async def run(self) -> None:
-        # Expiry is by the wall clock; a second's resolution is what the central system can see.
         while True:
+            self._wake.clear()
             self.refresh()
-            await asyncio.sleep(EXPIRY_POLL_S)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._next_expiry_in_s()):
+                    await self._wake.wait()
+
+    def _next_expiry_in_s(self) -> float | None:
+        """Seconds until the earliest expiryDate (§5.13), by the wall clock as it is now; None
+        when there is nothing to expire or no synchronised clock to expire it by (a sync
+        wakes the loop)."""
+        if not self.app.clock.synced:
+            return None
+        expiries = [e.timestamp() for r in self.reservations() if (e := parse_expiry(r.expiry_date)) is not None]
+        if not expiries:
+            return None
+        return max(0.0, min(min(expiries) - self.app.clock.wall_s(), WALL_CLOCK_RECHECK_S))
 
     # ----------------------------------------------------------------- helpers
 

@@ -113,7 +113,6 @@ TECH_INFO_MAX_LEN = 255          # SecurityEventNotification.techInfo string[0..
 
 RENEW_BEFORE_S = 30 * 86400.0    # A03.FR.02: one month before expiry
 RENEW_RETRY_S = 86400.0
-WATCH_INTERVAL_S = 2.0
 RENEWAL_CHECK_INTERVAL_S = 3600.0
 
 # The pure certificate logic lives in services/certificates.py and needs `cryptography`
@@ -276,6 +275,12 @@ class SecurityService:
         self._seen_sync = app.clock.last_sync
         self._seen_step = app.clock.last_step_s
         self._renewal_requested_s: float | None = None
+        # The renewal loop sleeps until its next hourly check, or until the charger is online
+        # (link state, registration accepted); a clock step is recorded as it happens.
+        self._wake = asyncio.Event()
+        app.clock.add_listener(self._on_clock_change)
+        app.add_link_listener(lambda _state: self._wake.set())
+        app.registration.on_accepted(self._wake.set)
         self._create_log_table()
         app.security_events = self.record
         for action, handler in (
@@ -362,17 +367,27 @@ class SecurityService:
             log.error("no transaction message sender: security events stay queued until there is one")
         next_renewal_check_s = 0.0
         while True:
+            self._wake.clear()
             self._check_clock_step()
             now_s = self.app.clock.monotonic_s()
             if self.app.online and now_s >= next_renewal_check_s:
                 next_renewal_check_s = now_s + RENEWAL_CHECK_INTERVAL_S
                 self._check_certificate_renewal()
-            await asyncio.sleep(WATCH_INTERVAL_S)
+            timeout_s = max(0.0, next_renewal_check_s - now_s) if self.app.online else None
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout_s):
+                    await self._wake.wait()
+
+    def _on_clock_change(self) -> None:
+        try:
+            self._check_clock_step()
+        except Exception:
+            log.exception("security: recording a clock step failed")
 
     def _check_clock_step(self) -> None:
-        """SettingSystemTime when NTP stepped the system clock since the last look. The clock
-        has no step callback: a step shows as a new `last_step_s`, or (the same step size
-        again) as a new sync that left the offset at exactly 0 (Clock.apply_offset(stepped=True))."""
+        """SettingSystemTime when NTP stepped the system clock since the last look (called on
+        every Clock.apply_offset): a step shows as a new `last_step_s`, or (the same step size
+        again) as a new sync that left the offset at exactly 0 (apply_offset(stepped=True))."""
         clock = self.app.clock
         step_s, sync = clock.last_step_s, clock.last_sync
         new_step = step_s is not None and step_s != self._seen_step

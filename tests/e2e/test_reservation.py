@@ -16,6 +16,7 @@ import pytest
 
 from chargepoint.app import ChargePointApp
 from chargepoint.csms.server import Received
+from chargepoint.services import reservation as reservation_module
 from chargepoint.services.reservation import ReservationService
 from tests.support.harness import CP_ID, ChargerEnv, charger_env, eventually, mark, running
 
@@ -138,6 +139,42 @@ async def test_expired_reservation_makes_the_connector_available_5_13(tmp_path: 
         assert stored_ids(app) == []
         # A reservation whose expiryDate has already passed is not made.
         assert await call(env, "ReserveNow", reserve(10, 1, "TAG1", seconds=-60)) == {"status": "Rejected"}
+    env.csms.assert_no_violations()
+
+
+async def test_earlier_reservation_made_while_a_later_one_waits_expires_on_time_5_13(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The expiry loop sleeps until the earliest expiryDate: a reservation made meanwhile with an
+    earlier one wakes it, and ends at its own expiryDate while the later one stays."""
+    # Only the event may bring the wait forward: no periodic re-read of the wall clock.
+    monkeypatch.setattr(reservation_module, "WALL_CLOCK_RECHECK_S", 3600.0)
+    async with charger_env(tmp_path) as env:
+        env.doc["connector"] = TWO_CONNECTORS
+        async with running(env, last_connector=2) as app:
+            after = mark(env)
+            assert await call(env, "ReserveNow", reserve(41, 2, "TAG2")) == {"status": "Accepted"}   # an hour
+            await status_of(env, 2, "Reserved", after=after)
+            assert await call(env, "ReserveNow", reserve(42, 1, "TAG1", seconds=2)) == {"status": "Accepted"}
+            reserved = await status_of(env, 1, "Reserved", after=after)
+            await status_of(env, 1, "Available", after=reserved.index)
+            assert stored_ids(app) == [41]
+            assert reservations(app).is_reserved(2)
+    env.csms.assert_no_violations()
+
+
+async def test_reservation_ends_at_once_when_the_clock_is_found_past_its_expiry_5_13(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Expiry is by the synchronised wall clock: when a sync moves it past the expiryDate, the
+    reservation ends then, not when the old wall-clock wait would have ended."""
+    monkeypatch.setattr(reservation_module, "WALL_CLOCK_RECHECK_S", 3600.0)
+    async with charger_env(tmp_path) as env, running(env) as app:
+        after = mark(env)
+        assert await call(env, "ReserveNow", reserve(51, 1, "TAG1", seconds=600)) == {"status": "Accepted"}
+        reserved = await status_of(env, 1, "Reserved", after=after)
+        # The time source now says it is 20 minutes later than the charger thought.
+        app.clock.apply_offset((app.clock.offset_s or 0.0) + 1200.0, "ntp", stepped=False)
+        await status_of(env, 1, "Available", after=reserved.index)
+        assert stored_ids(app) == []
     env.csms.assert_no_violations()
 
 

@@ -435,3 +435,17 @@ async def test_extended_trigger_message_sends_the_core_messages_and_rejects_unkn
                                        {"requestedMessage": "StatusNotification", "connectorId": 9}) \
                 == {"status": "Rejected"}
         env.csms.assert_no_violations()
+
+
+async def test_clock_step_while_connected_and_idle_is_pushed_as_setting_system_time(tmp_path: Path) -> None:
+    """§8: SettingSystemTime (critical) when NTP steps the system clock, also on a charger that is
+    online and idle: the step itself is the event, no link change or other traffic needed."""
+    async with charger_env(tmp_path) as env:
+        async with env.app() as app:
+            await _registered(app)
+            await env.csms.wait_for("SecurityEventNotification", lambda p: p["type"] == "StartupOfTheDevice")
+            app.clock.apply_offset(2.5, "ntp", stepped=True)
+            event = await env.csms.wait_for("SecurityEventNotification",
+                                            lambda p: p["type"] == "SettingSystemTime", timeout_s=15)
+            assert "+2.500" in event.payload["techInfo"]
+        env.csms.assert_no_violations()
