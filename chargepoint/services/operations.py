@@ -34,6 +34,7 @@ UnknownMessageId. vendorId and messageId are CiStrings (case-insensitive, §7.15
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import time
@@ -64,7 +65,8 @@ RESET_HARD_DELIVERY_TIMEOUT_S = 3.0
 # UnlockConnector: how long the transaction stop and the controller's release may take.
 UNLOCK_STOP_TIMEOUT_S = 10.0
 UNLOCK_RELEASE_TIMEOUT_S = 5.0
-# A Scheduled availability change is re-checked this often (besides connector events).
+# Without a transaction service to tell us when a transaction ends, a Scheduled availability
+# change is re-checked this often (besides connector events). With one, it waits for the stop.
 SCHEDULED_POLL_S = 1.0
 
 DIAGNOSTIC_VENDOR_ID = "org.chargepoint"
@@ -230,6 +232,12 @@ class AvailabilityService:
         app.on("ChangeAvailability", self.on_change_availability)
         app.add_connector_listener(self._on_connector_event)
         app.add_connector_status_contributor(self._connector_status)
+        # A Scheduled change waits for its transaction to end (§5.2): the stop wakes the loop.
+        self._wake = asyncio.Event()
+        transactions = app.transactions
+        self._stops_notified = transactions is not None and hasattr(transactions, "add_listener")
+        if self._stops_notified:
+            transactions.add_listener(self._on_transaction_event)
         # Re-apply the persisted state before the controllers' first step (§5.2: an
         # Unavailable connector stays so across a reboot).
         for cid, controller in app.controllers.items():
@@ -297,6 +305,11 @@ class AvailabilityService:
             controller.set_available(self.is_operative(connector_id))
         if changed:
             log.info("connector %d is now %s", connector_id, state)
+            reservations = self.app.reservations
+            if reservations is not None and hasattr(reservations, "wake"):
+                # Connector 0 Inoperative ends connector-0 reservations (§5.13 (3)) even when
+                # no connector's status changes.
+                reservations.wake()
 
     def apply_scheduled(self) -> None:
         """Carry out Scheduled changes whose transaction has ended (idempotent)."""
@@ -335,13 +348,23 @@ class AvailabilityService:
         if scheduled is not None:
             entry["availability_scheduled"] = scheduled
 
+    def _on_transaction_event(self, event: Any) -> None:
+        from chargepoint.services.transactions import TransactionStopped
+
+        if isinstance(event, TransactionStopped):
+            self._wake.set()
+
     async def run(self) -> None:
-        # A transaction may end without a status change reaching us first (and a Scheduled
-        # change may come from before a restart): look again now and then.
+        # A transaction may end without a status change reaching us first: its stop wakes
+        # the loop (and a Scheduled change may come from before a restart: look once now).
+        timeout_s = None if self._stops_notified else SCHEDULED_POLL_S
         while True:
+            self._wake.clear()
             if self.app.store.kv_items(SCHEDULED_NS):
                 self.apply_scheduled()
-            await asyncio.sleep(SCHEDULED_POLL_S)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout_s):
+                    await self._wake.wait()
 
 
 # --------------------------------------------------------------------------- UnlockConnector

@@ -130,7 +130,10 @@ LOCK_POLICY_KEYS = frozenset({"StopTransactionOnEVSideDisconnect", "UnlockConnec
 SHUTDOWN_DELIVERY_S = 3.0
 
 PERSIST_INTERVAL_S = 5.0   # last meter value for a PowerLoss stop (flash writes vs lost Wh)
-TICK_S = 0.5               # ConnectionTimeOut, MaxEnergyOnInvalidId and persistence checks
+# While a transaction runs: MaxEnergyOnInvalidId and persistence follow the meter readings,
+# which come without an event here. Idle, the loop sleeps until the earliest ConnectionTimeOut
+# deadline (or until an authorization or a transaction starts).
+TICK_S = 0.5
 
 
 # --------------------------------------------------------------------------- public types
@@ -210,6 +213,7 @@ class TransactionService:
         self._persisted: dict[int, tuple[float, float]] = {}   # local_id -> (monotonic_s, energy_wh)
         self._recovered: set[int] = set()   # connectors whose transaction a power loss ended
         self._holds: dict[int, tuple[str, str | None]] = {}   # cable held after a stop: (idTag, parent)
+        self._wake = asyncio.Event()   # the loop's deadlines changed (an authorization, a transaction)
 
         config = app.config
         self.sender = TransactionMessageSender(
@@ -567,6 +571,7 @@ class TransactionService:
         self._pending[cid] = _Pending(id_tag, dict(info), cid, self.app.clock.monotonic_s() + timeout_s, bound,
                                       remote, has_profile, reservation_id)
         self.app.controllers[cid].set_preparing(True)
+        self._wake.set()   # the loop may be asleep with no deadline, or a later one
         log.info("idTag %s authorized on connector %d: waiting %.0f s for the plug (ConnectionTimeOut)",
                  id_tag, cid, timeout_s)
 
@@ -628,6 +633,7 @@ class TransactionService:
                                    parent_id_tag=parent if isinstance(parent, str) and parent else None,
                                    start_event=t, remote=remote)
             self._active[cid] = tx
+            self._wake.set()   # the loop watches the meter while a transaction runs
             self._persisted[local_id] = (self.app.clock.monotonic_s(), float(meter_start_wh))
             self._recovered.discard(cid)
             controller = self.app.controllers[cid]
@@ -886,12 +892,26 @@ class TransactionService:
         sender = asyncio.ensure_future(self.sender.run())
         try:
             while True:
+                self._wake.clear()
                 self._tick()
-                await asyncio.sleep(self.tick_s)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._next_tick_in_s()):
+                        await self._wake.wait()
         finally:
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sender
+
+    def _next_tick_in_s(self) -> float | None:
+        """How long the loop may sleep: `tick_s` while a transaction runs (its meter readings
+        have no event), else until the earliest ConnectionTimeOut deadline (monotonic clock);
+        None when nothing is due (woken by `_wake` when that changes)."""
+        if self._active:
+            return self.tick_s
+        if not self._pending:
+            return None
+        deadline_s = min(pending.deadline_s for pending in self._pending.values())
+        return max(0.0, deadline_s - self.app.clock.monotonic_s())
 
     def _tick(self) -> None:
         now_s = self.app.clock.monotonic_s()

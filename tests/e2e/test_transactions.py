@@ -147,6 +147,34 @@ async def test_connection_timeout_cancels_the_authorization_9_1_6(tmp_path: Path
     env.csms.assert_no_violations()
 
 
+async def test_authorization_with_an_earlier_deadline_than_a_waiting_one_still_times_out_9_1_6(
+        tmp_path: Path) -> None:
+    """The transaction loop sleeps until the earliest ConnectionTimeOut deadline: an authorization
+    made meanwhile with an earlier one (the key was lowered) wakes it and lapses on time (back to
+    Available, errata 3.77), while the first keeps waiting for its plug."""
+    async with charger_env(tmp_path, ConnectionTimeOut=600) as env:
+        env.doc["connector"] = [{"max_current_a": 32, "phases": 3}, {"max_current_a": 16, "phases": 1}]
+        async with env.app():
+            await env.csms.wait_for("StatusNotification", lambda p: p["connectorId"] == 2, timeout_s=20)
+            after = mark(env)
+            await env.asim("sim.swipe", id_tag="TAG1", connector=1)
+            await status_of(env, "Preparing", after=after)
+            assert await env.csms.call(CP_ID, "ChangeConfiguration", {"key": "ConnectionTimeOut", "value": "1"}) \
+                == {"status": "Accepted"}
+            await env.asim("sim.swipe", id_tag="TAG2", connector=2)
+            preparing = await env.csms.wait_for(
+                "StatusNotification", lambda p: p["connectorId"] == 2 and p["status"] == "Preparing",
+                after_index=after, timeout_s=WAIT_S)
+            await env.csms.wait_for("StatusNotification",
+                                    lambda p: p["connectorId"] == 2 and p["status"] == "Available",
+                                    after_index=preparing.index, timeout_s=WAIT_S)
+            connectors = (await env.astatus())["connectors"]
+            assert connectors[0].get("authorized_id_tag") == "TAG1"
+            assert connectors[1].get("authorized_id_tag") is None
+            assert not calls(env, "StartTransaction")
+    env.csms.assert_no_violations()
+
+
 async def test_free_vend_starts_on_plug_without_authorize(tmp_path: Path) -> None:
     """[authorization] free_vend_id_tag: plugging in starts a transaction with that idTag."""
     async with charger_env(tmp_path) as env:
