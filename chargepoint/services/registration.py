@@ -53,6 +53,12 @@ class RegistrationService:
         self._boot_requested = asyncio.Event()  # TriggerMessage(BootNotification)
         self._last_outbound_s = app.clock.monotonic_s()
         self._on_accepted: list[Callable[[], None]] = []
+        # The heartbeat wait sleeps until the next one is due (§4.6) and is woken only by what
+        # can bring that earlier or end it: a new HeartbeatInterval, a link state change, a
+        # TriggerMessage(BootNotification). Other outbound messages only postpone it.
+        self._heartbeat_wake = asyncio.Event()
+        app.config.add_listener(self._on_config_change)
+        app.add_link_listener(self._on_link_state)
 
     # ----------------------------------------------------------------- gates
 
@@ -77,6 +83,14 @@ class RegistrationService:
 
     def request_boot_notification(self) -> None:
         self._boot_requested.set()
+        self._heartbeat_wake.set()
+
+    def _on_config_change(self, key: str, _value: str) -> None:
+        if key == "HeartbeatInterval":
+            self._heartbeat_wake.set()
+
+    def _on_link_state(self, _state: str) -> None:
+        self._heartbeat_wake.set()
 
     # ----------------------------------------------------------------- messages
 
@@ -152,16 +166,23 @@ class RegistrationService:
 
     async def _heartbeat_until_disconnect(self) -> None:
         while self.app.session.connected and not self._boot_requested.is_set():
+            self._heartbeat_wake.clear()
             interval_s = self.app.config.get_int("HeartbeatInterval")
             if interval_s <= 0:
-                await self._sleep_or_boot_request(5.0)
+                await self._wait_heartbeat_wake(None)   # no heartbeat until the key changes
                 continue
             due_s = self._last_outbound_s + interval_s
             now_s = self.app.clock.monotonic_s()
             if now_s < due_s:
-                await self._sleep_or_boot_request(min(due_s - now_s, 5.0))
+                # Woken early, the loop only finds the new due time (note_outbound moved it later).
+                await self._wait_heartbeat_wake(due_s - now_s)
                 continue
             await self.send_heartbeat()
+
+    async def _wait_heartbeat_wake(self, timeout_s: float | None) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._heartbeat_wake.wait()
 
     async def send_heartbeat(self) -> bool:
         try:

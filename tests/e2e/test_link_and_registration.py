@@ -254,3 +254,19 @@ async def test_websocket_ping_interval_change_applies_to_the_live_connection(tmp
             await env.csms.call(CP_ID, "ChangeConfiguration", {"key": "WebSocketPingInterval", "value": "0"})
             await env.csms.wait_connected(CP_ID, timeout_s=30, after_index=index)
             await eventually(lambda: app.link._ws is not None and app.link._ws.ping_interval is None)
+
+
+async def test_heartbeat_switched_off_and_on_again_resumes_4_6(tmp_path: Path) -> None:
+    """HeartbeatInterval 0 sends no Heartbeat, so the heartbeat loop has no deadline to wait for;
+    setting an interval again (ChangeConfiguration, no reconnect) brings the Heartbeats back."""
+    async with charger_env(tmp_path) as env:
+        async with env.app() as app:
+            await env.csms.wait_for("StatusNotification", lambda p: p["connectorId"] == 1, timeout_s=20)
+            off = await env.csms.call(CP_ID, "ChangeConfiguration", {"key": "HeartbeatInterval", "value": "0"})
+            assert off == {"status": "Accepted"} and app.config.get_int("HeartbeatInterval") == 0
+            after = len(env.csms.received)
+            on = await env.csms.call(CP_ID, "ChangeConfiguration", {"key": "HeartbeatInterval", "value": "1"})
+            assert on == {"status": "Accepted"}
+            first = await env.csms.wait_for("Heartbeat", after_index=after, timeout_s=15)
+            await env.csms.wait_for("Heartbeat", after_index=first.index + 1, timeout_s=15)
+        env.csms.assert_no_violations()
