@@ -10,7 +10,10 @@ reaches the pilot within one loop turn. A quiet connector (nothing plugged, cont
 open, no fault, nothing pending or authorized) is looked at every `idle_step_interval_s`
 instead: an idle charger stays idle, and the worst-case latency to notice a plug or a
 fault on hardware that does not report changes is 1 s idle, 0.2 s otherwise (a
-fault while idle finds the contactor already open).
+fault while idle finds the contactor already open). A backend that reports every change
+of its inputs (the simulator: plug, EV, fault, link commands poke the controller) needs
+no idle polling: `idle_step_interval_s=None` leaves a quiet connector asleep until poked
+(or until a status held back by MinimumStatusDuration is due).
 
 Order of operations (IEC 61851-1 Annex A): the contactor only closes after the
 PWM is on and the lock has confirmed; it opens first on a fault or unplug; on a
@@ -118,7 +121,7 @@ class ConnectorController:
                  on_change: EventListener | None = None,
                  min_status_duration_s: Callable[[], float] | None = None,
                  step_interval_s: float = 0.2,
-                 idle_step_interval_s: float = 1.0,
+                 idle_step_interval_s: float | None = 1.0,
                  settle_s: float = 0.05,
                  drawing_threshold_w: float = 100.0,
                  ventilation_available: bool = False) -> None:
@@ -131,7 +134,9 @@ class ConnectorController:
                               relay_open_grace_s=relay_open_grace_s)
         self._listeners: list[EventListener] = [on_change] if on_change is not None else []
         self._step_interval_s = step_interval_s
-        self._idle_step_interval_s = max(step_interval_s, idle_step_interval_s)
+        # None: the hardware reports its changes (poke), a quiet connector is not polled.
+        self._idle_step_interval_s = (None if idle_step_interval_s is None
+                                      else max(step_interval_s, idle_step_interval_s))
         self._settle_s = settle_s
         self._drawing_threshold_w = drawing_threshold_w
         # IEC 61851-1: state D asks for ventilation; a charger without it must not
@@ -462,14 +467,17 @@ class ConnectorController:
                     or self._pending_offer_a is not None
                     or applied is None or applied.fault_signal or settling_f)
 
-    def _next_step_in_s(self, changed: bool, failed: bool) -> float:
+    def _next_step_in_s(self, changed: bool, failed: bool) -> float | None:
         if changed:
             return min(self._settle_s, self._step_interval_s)
         if failed or not self._quiet():
             return self._step_interval_s
         # A status waiting for MinimumStatusDuration is due at a known time.
         due_s = self.reporter.due_in_s()
-        return self._idle_step_interval_s if due_s is None else min(self._idle_step_interval_s, due_s)
+        idle_s = self._idle_step_interval_s
+        if due_s is None:
+            return idle_s
+        return due_s if idle_s is None else min(idle_s, due_s)
 
     async def run(self) -> None:
         """Step every `step_interval_s` (`idle_step_interval_s` while quiet), and at once when

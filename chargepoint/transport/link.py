@@ -12,7 +12,10 @@ WebSocketPingInterval key, read at each connect; 0 disables it, OCPP 1.6 §9.1) 
 the connection when no pong arrives within `stale_timeout_s`, so a half-open socket
 (server gone without a FIN) is detected within ping interval + stale timeout + close
 timeout. A change of the active network link (WiFi -> GSM failover) leaves the old
-socket half-open as well, so the link is polled and the socket dropped at once.
+socket half-open as well, so the socket is dropped as soon as the change is seen: a backend
+that reports link changes calls `link_changed()` (construct with `link_poll_s=None`: no
+polling); otherwise `active_link()` is polled every `link_poll_s` (sysfs operstate has no
+event without netlink), which bounds how long a failover goes unnoticed.
 """
 
 from __future__ import annotations
@@ -94,7 +97,7 @@ class Link:
                  close_timeout_s: float = 2.0,
                  open_timeout_s: float = 30.0,
                  stable_after_s: float = 60.0,
-                 link_poll_s: float = 1.0) -> None:
+                 link_poll_s: float | None = 1.0) -> None:
         self._url = settings.ocpp.endpoint_url
         # Defensive: Settings already rejects ws:// (interfaces.md §3); never connect without TLS.
         if urlsplit(self._url).scheme != "wss":
@@ -122,6 +125,7 @@ class Link:
         self.last_error: str | None = None
         self.attempts = 0
         self._wake = asyncio.Event()
+        self._watching_link = False   # waiting in _wait_for_link / _watch: a link change wakes us
         self._reconnect_requested = False
         self._stopping = False
         self._run_task: asyncio.Task[None] | None = None
@@ -164,6 +168,12 @@ class Link:
             ws.ping_interval = new_s
         elif (new_s > 0) != (ws.ping_interval is not None):
             self.request_reconnect()
+
+    def link_changed(self) -> None:
+        """The network backend reports that a link went up or down: look at `active_link()` now.
+        Only a wait for a link (or a connection watching its link) is cut short, never a back-off."""
+        if self._watching_link:
+            self._wake.set()
 
     def request_reconnect(self) -> None:
         """Close now and reconnect at once (AuthorizationKey changed, Security WP A01;
@@ -237,9 +247,18 @@ class Link:
             log.exception("link: active_link() failed")
             return None
 
-    async def _wait_wake(self, timeout_s: float) -> None:
+    async def _wait_wake(self, timeout_s: float | None) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self._wake.wait()
+
+    async def _wait_link_or_wake(self) -> None:
+        """Until a request or a link change (reported, or seen by the next poll)."""
+        self._watching_link = True
+        try:
+            await self._wait_wake(self._link_poll_s)
+        finally:
+            self._watching_link = False
 
     async def _wait_for_link(self) -> str | None:
         """The active network link; waits while every link is down (no point in NTP then)."""
@@ -256,7 +275,7 @@ class Link:
             self._link = None
             self._set_state(OFFLINE)
             self._wake.clear()
-            await self._wait_wake(self._link_poll_s)
+            await self._wait_link_or_wake()
         return None
 
     async def _pause(self, delay_s: float) -> None:
@@ -398,11 +417,15 @@ class Link:
     async def _watch(self, link: str | None) -> str:
         """Returns "request" (reconnect or stop requested) or "link" (active link changed)."""
         while True:
+            self._wake.clear()   # the flags below say what a wake was for
             if self._stopping or self._reconnect_requested:
                 return "request"
             if self._active_link is not None and self._current_link() != link:
                 return "link"
-            await self._wait_wake(self._link_poll_s)
+            if self._active_link is None:
+                await self._wait_wake(None)   # no link to watch: only a request ends the wait
+            else:
+                await self._wait_link_or_wake()
 
     def _record_failure(self, exc: Exception) -> None:
         """Name the failure for the log and `status` (never a secret: no header is quoted)."""

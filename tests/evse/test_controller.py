@@ -423,3 +423,27 @@ def test_f_we_do_not_drive_is_a_pilot_fault_warning_4_9(tmp_path: Path, clock: F
     assert not board.connector(1).relay.commanded_closed
     report = rig.ctl.status
     assert report is not None and (report.status, report.error_code) == (S.SUSPENDED_EVSE, E.EV_COMMUNICATION_ERROR)
+
+
+@pytest.mark.asyncio
+async def test_without_idle_polling_a_quiet_connector_still_reports_a_due_status_and_sees_a_plug(
+        tmp_path: Path) -> None:
+    """idle_step_interval_s=None (a backend that reports its changes): a quiet connector sleeps
+    until poked, yet the status MinimumStatusDuration held back is reported when due, and a
+    reported plug is seen."""
+    board = SimBoard(tmp_path)
+    events: list[ConnectorEvent] = []
+    ctl = ConnectorController(board.connector(1), max_current_a=32.0, idle_step_interval_s=None,
+                              min_status_duration_s=lambda: 0.3, on_change=events.append)
+    board.add_listener(lambda change: ctl.poke())
+    task = asyncio.create_task(ctl.run())
+    try:
+        # Nothing pokes the controller: only the due time of the held-back status can wake it.
+        await _until(lambda: [e.due.report.status for e in events if isinstance(e, StatusDue)] == [S.AVAILABLE])
+        assert board.handle_command({"cmd": "sim.plug", "connector": 1})["ok"]
+        await _until(lambda: ctl.status is not None and ctl.status.status == S.PREPARING)
+        assert Plugged(1) in events
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task

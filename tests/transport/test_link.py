@@ -395,6 +395,28 @@ async def test_active_link_change_triggers_prompt_reconnect(
 
 
 @pytest.mark.asyncio
+async def test_reported_link_change_triggers_prompt_reconnect_without_polling(
+        pki: Pki, ntp: NtpServer, csms: StubCsms, links: Links) -> None:
+    """link_poll_s=None: the backend reports link changes (link_changed()); nothing polls, and
+    each reported change is acted on as the polled one is."""
+    active: list[str | None] = ["wifi"]
+    link, session = links.start(make_settings(pki, csms.port, ntp), active_link=lambda: active[0],
+                                link_poll_s=None, backoff=Backoff(initial_s=30.0, max_s=60.0))
+    await until(lambda: link.state == CONNECTED and link.link == "wifi", "connected over wifi")
+    link.link_changed()   # a report that changes nothing (another link went up) is harmless
+    active[0] = "gsm"
+    link.link_changed()
+    await until(lambda: csms.handshakes == 2 and link.state == CONNECTED, "reconnected over gsm")
+    assert link.link == "gsm" and session.detaches == 1
+    active[0] = None
+    link.link_changed()
+    await until(lambda: link.state == "offline" and not session.connected, "offline without a link")
+    active[0] = "wifi"
+    link.link_changed()
+    await until(lambda: csms.handshakes == 3 and link.state == CONNECTED, "back on wifi")
+
+
+@pytest.mark.asyncio
 async def test_server_that_does_not_select_ocpp16_is_refused_ocppj_3_2(
         pki: Pki, ntp: NtpServer, links: Links) -> None:
     csms = await StubCsms(pki, require_subprotocol=False).start()
