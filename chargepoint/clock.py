@@ -18,7 +18,6 @@ earlier process recorded before sync. With an injected monotonic function, or wh
 
 from __future__ import annotations
 
-import calendar
 import math
 import time
 import uuid
@@ -30,7 +29,7 @@ from typing import Any
 
 # Plausibility floor: the package cannot run before it was built. A system clock
 # earlier than this (an RTC-less board at 1970) is known wrong.
-BUILD_EPOCH_S: float = float(calendar.timegm((2026, 11, 1, 0, 0, 0)))
+BUILD_EPOCH_S: float = datetime(2026, 11, 1, tzinfo=UTC).timestamp()  # not calendar: it pulls in locale
 
 # An NTP sync older than this no longer outranks the central system's currentTime.
 NTP_STALE_AFTER_S = 24 * 3600.0
