@@ -263,14 +263,16 @@ class AuthorizationService:
 
     def _result(self, id_tag: str, info: dict[str, Any], source: Source) -> AuthResult:
         result = AuthResult(id_tag, info, source)
-        log.info("idTag %s: %s (%s)", id_tag, info.get("status"), source)
+        # %r: the idTag comes from the central system or a card; a CR/LF in it must not
+        # split the log line (one line per event, docs/ARCHITECTURE.md).
+        log.info("idTag %r: %s (%s)", id_tag, info.get("status"), source)
         return result
 
     async def _ask_central(self, id_tag: str) -> dict[str, Any] | None:
         try:
             conf = await self.app.call("Authorize", {"idTag": id_tag})
         except (CallErrorReceived, CallTimeout, NotConnected) as exc:
-            log.info("Authorize for %s not answered (%s): offline rules apply", id_tag, type(exc).__name__)
+            log.info("Authorize for %r not answered (%s): offline rules apply", id_tag, type(exc).__name__)
             return None
         info = conf.get("idTagInfo")
         if not isinstance(info, dict):
@@ -306,7 +308,7 @@ class AuthorizationService:
     def _report_local_list_conflict(self, id_tag: str, listed: str, central: str) -> None:
         # §3.5.2: a conflict between the local list and a StartTransaction.conf SHALL be
         # reported with a StatusNotification on connector 0, errorCode LocalListConflict.
-        log.warning("local list says %s for %s, StartTransaction.conf says %s: LocalListConflict",
+        log.warning("local list says %s for %r, StartTransaction.conf says %s: LocalListConflict",
                     listed, id_tag, central)
         inoperative = self.app.store.kv_get("availability", "0", "Operative") == "Inoperative"
         payload: dict[str, Any] = {"connectorId": 0, "status": "Unavailable" if inoperative else "Available",

@@ -7,6 +7,7 @@ OCPP 1.6 §3.5 (local authorization & offline), §3.5.1 cache, §3.5.3 list befo
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -254,3 +255,24 @@ async def test_local_list_start_conflict_is_reported_on_connector_0_3_5_2(tmp_pa
             assert await authorize_count(env) == 0
             assert app.store.auth_cache.get("LISTED") is None   # §3.5.3: listed tags are not cached
         env.csms.assert_no_violations()
+
+
+@pytest.mark.asyncio
+async def test_an_id_tag_with_line_breaks_stays_on_one_log_line(tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """An idTag is peer data (CiString20 allows any character): logged raw, a CR/LF in it
+    forged a log line ("idTag A\r\nINFO forged: Accepted"); docs/ARCHITECTURE.md: one line
+    per event. Found by the schema fuzz (tests/e2e/test_fuzz_actions.py, RemoteStartTransaction)."""
+    caplog.set_level(logging.INFO, logger="chargepoint.auth")
+    tag = "A\r\nINFO forged\u2028"
+    async with charger_env(tmp_path) as env:
+        async with env.app() as app:
+            await env.csms.wait_for("StatusNotification", timeout_s=20)
+            assert (await app.auth.check(tag)).accepted       # online: asked the central system
+            await env.csms.stop()
+            await env.csms.wait_disconnected(CP_ID)
+            assert (await app.auth.check(tag)).accepted        # offline: from the cache
+    lines = [r.getMessage() for r in caplog.records if r.name == "chargepoint.auth"]
+    assert any(repr(tag) in line and "Accepted (central)" in line for line in lines), lines
+    assert any(repr(tag) in line and "Accepted (cache)" in line for line in lines), lines
+    assert not [line for line in lines if any(c in line for c in "\r\n\u2028")]
