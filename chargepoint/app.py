@@ -86,6 +86,9 @@ class ChargePointApp:
         self._fire_and_forget: set[asyncio.Task[Any]] = set()
         self._schedule_provider: Callable[[int, int], dict[str, Any] | None] | None = None
 
+        # The simulator reports every change of its inputs (sim.* commands -> _on_sim_change):
+        # no idle polling of the connectors or of the network link.
+        hw_reports_changes = board.extra.get("sim") is not None
         self.controllers: dict[int, ConnectorController] = {}
         for connector in settings.connectors:
             hw = board.connector(connector.connector_id)
@@ -96,6 +99,7 @@ class ChargePointApp:
                 pilot_raise_min_interval_s=settings.smart_charging.pilot_raise_min_interval_s,
                 on_change=self._on_connector_event,
                 min_status_duration_s=lambda: float(self.config.get_int("MinimumStatusDuration")),
+                idle_step_interval_s=None if hw_reports_changes else 1.0,
             )
 
         self.registration = RegistrationService(self)
@@ -109,6 +113,7 @@ class ChargePointApp:
             active_link=board.network.active_link,
             on_state_change=self._on_link_state,
             on_security_event=self._on_link_security_event,
+            link_poll_s=None if hw_reports_changes else 1.0,
         )
         self.config.add_listener(
             lambda key, _value: self.link.ping_interval_changed() if key == "WebSocketPingInterval" else None)
@@ -275,6 +280,8 @@ class ChargePointApp:
     # ------------------------------------------------------------------ connector events
 
     def _on_sim_change(self, change: Any) -> None:
+        if getattr(change, "kind", None) == "link":
+            self.link.link_changed()
         connector_id = getattr(change, "connector_id", None)
         for cid, controller in self.controllers.items():
             if connector_id is None or connector_id == cid:
