@@ -63,9 +63,10 @@ log = logging.getLogger("chargepoint.smartcharging")
 
 # §7.12 / errata 3.69: P = V x I x phases with the nominal line-to-neutral voltage.
 NOMINAL_VOLTAGE_V = 230.0
-# Longest sleep between two evaluations: bounds how late a limit follows a wall-clock
-# step (NTP) or a missed notification. Period boundaries themselves are slept to exactly.
-TICK_S = 1.0
+# Longest sleep between two evaluations: bounds how late a limit follows a step of the
+# system clock by someone else (a sync or step by this daemon wakes the loops through
+# Clock.add_listener). Period boundaries themselves are slept to exactly.
+TICK_S = 5.0
 # With no profile installed and no fail-safe configured nothing but a notification can give
 # a limit (a clock step cannot): an idle charger without smart charging is not woken.
 IDLE_TICK_S = 60.0
@@ -133,6 +134,8 @@ class SmartChargingService:
         self._subscribed_transactions = False
         self._clock_warned = False
         self.manager.add_listener(self.wake)
+        # An NTP sync moves wall time: re-plan the period boundaries at once.
+        app.clock.add_listener(self.wake)
 
         app.on("SetChargingProfile", self.on_set_charging_profile)
         app.on("ClearChargingProfile", self.on_clear_charging_profile)

@@ -23,6 +23,7 @@ import pytest
 from chargepoint.app import ChargePointApp
 from chargepoint.clock import Clock
 from chargepoint.csms.server import CallErrorResponse
+from chargepoint.ntp import sync_clock
 from chargepoint.smartcharging.model import format_datetime
 from tests.support.harness import CP_ID, ChargerEnv, charger_env, eventually, plug_and_charge
 
@@ -178,6 +179,27 @@ async def test_schedule_periods_change_the_pilot_at_their_boundaries_and_0_a_pau
             await env.csms.wait_for(
                 "StatusNotification", lambda p: p["connectorId"] == 1 and p["status"] == "Charging",
                 after_index=paused.index + 1, timeout_s=WAIT_S)
+        env.csms.assert_no_violations()
+
+
+async def test_a_clock_sync_across_a_period_boundary_applies_the_new_period_at_once_3_13(tmp_path: Path) -> None:
+    """The schedule is wall time: when NTP moves the charger's clock past a boundary, the new
+    period applies at the sync (Clock listener), not at the next fallback tick."""
+    import chargepoint.services.smart_charging as smart_charging
+
+    async with charger_env(tmp_path) as env:
+        free_vend(env)
+        async with running(env) as app:
+            await plug_and_charge(env)
+            start = app.clock.now().replace(microsecond=0)
+            hourly = profile(4, "TxProfile", [(0, 16.0), (3600, 8.0)], start=start)
+            assert await set_profile(env, 1, hourly) == "Accepted"
+            await wait_offer(env, 16.0)
+            # The central system's NTP time is an hour and a minute ahead; resync now.
+            env.ntp.offset_s = app.clock.offset_s + 3660.0
+            assert await sync_clock(app.clock, env.settings().ntp) is not None
+            # Well inside the fallback tick: only the sync's wake-up can have applied 8 A.
+            await wait_offer(env, 8.0, timeout_s=smart_charging.TICK_S / 2)
         env.csms.assert_no_violations()
 
 
