@@ -146,6 +146,16 @@ def _rss_kb(pid: int) -> int:
     return 0
 
 
+def _private_kb(pid: int) -> int:
+    """USS: pages only this process holds (what starting it costs a board's RAM; the shared
+    libraries' pages in RSS are shared with every other process that maps them)."""
+    total = 0
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith(("Private_Clean:", "Private_Dirty:")):
+            total += int(line.split()[1])
+    return total
+
+
 def _cpu_ticks(pid: int) -> int:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])
@@ -263,7 +273,8 @@ async def measure_all(kinds: list[str], calls: int, idle_s: float, tmp: Path,
         for peer in peers:
             assert peer.proc is not None
             figures: dict[str, Any] = {"peer": peer.kind, "cold_start_s": peer.cold_start_s,
-                                       "rss_mb": _rss_kb(peer.proc.pid) / 1024}
+                                       "rss_mb": _rss_kb(peer.proc.pid) / 1024,
+                                       "private_mb": _private_kb(peer.proc.pid) / 1024}
             for name in names:
                 s = peer.samples[name]
                 figures[name] = {"p50_ms": statistics.median(s), "p99_ms": _pct(s, 0.99),
@@ -310,11 +321,13 @@ def main() -> int:
             print(f"{r['peer']:<8} {name:<25} {f['p50_ms']:>8.3f} {f['p99_ms']:>8.3f} {f['calls_per_s']:>8.0f} "
                   f"{ratio:>9.2f}x")
     print()
-    header = f"{'peer':<8} {'cold start to BootNotification s':>33} {'idle RSS MB':>12} {'idle CPU %':>11}"
+    header = (f"{'peer':<8} {'cold start to BootNotification s':>33} {'idle RSS MB':>12} {'of it private MB':>17}"
+              f" {'idle CPU %':>11}")
     print(header)
     print("-" * len(header))
     for r in results:
-        print(f"{r['peer']:<8} {r['cold_start_s']:>33.3f} {r['rss_mb']:>12.1f} {r['idle_cpu_pct']:>11.3f}")
+        print(f"{r['peer']:<8} {r['cold_start_s']:>33.3f} {r['rss_mb']:>12.1f} {r['private_mb']:>17.1f}"
+              f" {r['idle_cpu_pct']:>11.3f}")
     if not args.no_queue:
         from bench.bench_queue import print_tables  # durable queue: cost per sample, drain rate (p3a)
 
