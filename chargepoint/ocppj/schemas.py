@@ -131,13 +131,19 @@ def is_date_time(text: str) -> bool:
 
 def parse_date_time(text: str) -> datetime:
     """An aware UTC datetime from a value that passed `is_date_time`; no offset means UTC
-    (OCPP 1.6 §3.14). Digits beyond microseconds are truncated. Raises ValueError."""
+    (OCPP 1.6 §3.14). Digits beyond microseconds are truncated. An instant beyond what
+    datetime holds in UTC ("9999-12-31T23:59:59-01:00" is year 10000, "0001-01-01T00:00:00
+    +01:00" year 0) becomes datetime.max / datetime.min, less than a day away. Raises
+    ValueError for a value that is not a date-time."""
     fields = _date_time_fields(text)
     if fields is None:
         raise ValueError(f"not an OCPP date-time: {text!r}")
     year, month, day, hour, minute, second, micro, offset_min = fields
     local = datetime(year, month, day, hour, minute, second, micro, tzinfo=timezone(timedelta(minutes=offset_min)))
-    return local.astimezone(UTC)
+    try:
+        return local.astimezone(UTC)
+    except OverflowError:   # was raised as is, although the value passed is_date_time
+        return (datetime.max if year > 1 else datetime.min).replace(tzinfo=UTC)
 
 
 # ---------------------------------------------------------------- compiler

@@ -330,3 +330,14 @@ def test_parse_date_time_returns_aware_utc() -> None:
     assert naive.utcoffset() == timedelta(0)
     with pytest.raises(ValueError):
         schemas.parse_date_time("2026-11-24T24:00:00Z")
+
+
+def test_parse_date_time_at_the_edges_of_the_calendar_is_clamped_not_an_overflow() -> None:
+    """Valid RFC 3339 whose UTC instant datetime cannot hold: astimezone() raised
+    OverflowError (found by the schema fuzz, tests/support/schema_fuzz.py date-times)."""
+    for text in ("9999-12-31T23:59:59-01:00", "0001-01-01T00:00:00+01:00"):
+        assert schemas.is_date_time(text)
+    assert schemas.parse_date_time("9999-12-31T23:59:59-01:00") == datetime.max.replace(tzinfo=UTC)
+    assert schemas.parse_date_time("0001-01-01T00:00:00+01:00") == datetime.min.replace(tzinfo=UTC)
+    assert schemas.parse_date_time("9999-12-31T23:59:59.999999Z") == datetime.max.replace(tzinfo=UTC)
+    assert schemas.parse_date_time("0001-01-01T01:00:00+01:00") == datetime.min.replace(tzinfo=UTC)
