@@ -57,12 +57,25 @@ class Reservation:
     expiry_date: str  # ISO 8601, as in ReserveNow.req
 
 
+# SQLite's INTEGER is a signed 64-bit value; binding a larger Python int raises OverflowError.
+# A reservationId is a JSON integer with no bound in the 1.6 schema, so 2**63 arrives valid.
+SQLITE_INTEGER_MIN = -(2**63)
+SQLITE_INTEGER_MAX = 2**63 - 1
+
+
+def fits_sqlite_integer(value: int) -> bool:
+    return SQLITE_INTEGER_MIN <= value <= SQLITE_INTEGER_MAX
+
+
 class ReservationRepo:
     def __init__(self, store: Store) -> None:
         self._store = store
 
     def upsert(self, reservation: Reservation) -> None:
-        """ReserveNow with a known reservationId replaces that reservation (OCPP 1.6 §5.13)."""
+        """ReserveNow with a known reservationId replaces that reservation (OCPP 1.6 §5.13).
+        ValueError for a reservationId beyond 64 bits (check `fits_sqlite_integer` first)."""
+        if not fits_sqlite_integer(reservation.reservation_id):
+            raise ValueError(f"reservationId {reservation.reservation_id} does not fit a 64-bit integer")
         self._store.execute(
             "INSERT INTO reservations (reservation_id, connector_id, id_tag, parent_id_tag, expiry_date)"
             " VALUES (?, ?, ?, ?, ?) ON CONFLICT (reservation_id) DO UPDATE SET connector_id = excluded.connector_id,"
@@ -72,10 +85,16 @@ class ReservationRepo:
         )
 
     def get(self, reservation_id: int) -> Reservation | None:
+        if not fits_sqlite_integer(reservation_id):
+            return None   # could never have been stored
         row = self._store.query_one("SELECT * FROM reservations WHERE reservation_id = ?", (reservation_id,))
         return None if row is None else Reservation(**dict(row))
 
     def delete(self, reservation_id: int) -> bool:
+        if not fits_sqlite_integer(reservation_id):
+            # CancelReservation(2**63) was answered InternalError (OverflowError from sqlite3;
+            # found by the schema fuzz): no such reservation can exist, so nothing is deleted.
+            return False
         return self._store.execute("DELETE FROM reservations WHERE reservation_id = ?",
                                    (reservation_id,)).rowcount > 0
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
+
 from chargepoint.store import Reservation, Store
 
 
@@ -49,3 +51,17 @@ def test_reservations_upsert_delete_list(tmp_path: Path) -> None:
         assert s.reservations.get(2) == Reservation(2, 2, "TAG2", "PARENT", "2026-11-24T13:00:00.000Z")
         assert s.reservations.delete(1) is True and s.reservations.delete(1) is False
         assert [r.reservation_id for r in s.reservations.list()] == [2]
+
+
+def test_reservation_ids_beyond_64_bits_are_never_found_and_never_stored(store: Store) -> None:
+    """A reservationId is an unbounded JSON integer: CancelReservation(2**63) raised sqlite3's
+    OverflowError (answered InternalError; found by tests/e2e/test_fuzz_actions.py)."""
+    store.reservations.upsert(Reservation(2**63 - 1, 1, "TAG1", None, "2026-11-24T12:00:00.000Z"))
+    store.reservations.upsert(Reservation(-(2**63), 1, "TAG2", None, "2026-11-24T12:00:00.000Z"))
+    for beyond in (2**63, -(2**63) - 1, 10**30):
+        assert store.reservations.get(beyond) is None
+        assert store.reservations.delete(beyond) is False
+        with pytest.raises(ValueError, match="64-bit"):
+            store.reservations.upsert(Reservation(beyond, 1, "TAG3", None, "2026-11-24T12:00:00.000Z"))
+    assert [r.id_tag for r in store.reservations.list()] == ["TAG2", "TAG1"]
+    assert store.reservations.delete(2**63 - 1) is True
