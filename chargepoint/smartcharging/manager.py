@@ -49,6 +49,11 @@ MAX_COMPOSITE_DURATION_S = 31 * 86_400
 # ChargingScheduleAllowedChargingRateUnit values (§9.4.2, errata 3.88).
 _UNIT_KEYWORD = {"A": "current", "W": "power"}
 
+# The store keys profiles by chargingProfileId in an SQLite INTEGER (signed 64-bit); the
+# schema's integer has no bound, so 2**63 arrives valid and would fail the durable write.
+PROFILE_ID_MIN = -(2**63)
+PROFILE_ID_MAX = 2**63 - 1
+
 
 class ProfileRepository(Protocol):
     """Persistence of installed profiles; documents are `model.to_json` dicts."""
@@ -177,6 +182,10 @@ class SmartChargingManager:
         return "Accepted"
 
     def _check_capabilities(self, profile: ChargingProfile) -> None:
+        if not PROFILE_ID_MIN <= profile.id <= PROFILE_ID_MAX:
+            # Rejected, not stored: the write raised OverflowError (answered InternalError;
+            # found by the schema fuzz), and for a remote start only once the cable came.
+            raise ProfileRejected(f"chargingProfileId {profile.id} does not fit the store's 64-bit key")
         max_level = self._max_stack_level()
         if profile.stack_level > max_level:
             raise ProfileRejected(f"stackLevel {profile.stack_level} above ChargeProfileMaxStackLevel {max_level}")

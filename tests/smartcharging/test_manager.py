@@ -382,3 +382,19 @@ def test_a_damaged_stored_profile_is_skipped(station: Station) -> None:
     damaged["csChargingProfiles"]["chargingSchedule"]["chargingSchedulePeriod"] = []
     repository.save(damaged)
     assert [p.id for p in station.manager(repository).profiles()] == [1]
+
+
+@pytest.mark.parametrize("profile_id", [2**63, -(2**63) - 1, 10**30])
+def test_a_profile_id_beyond_the_stores_64_bit_key_is_rejected_not_a_crash(station: Station, tmp_path: Path,
+                                                                          profile_id: int) -> None:
+    """chargingProfileId is an unbounded JSON integer: SetChargingProfile(2**63) raised
+    OverflowError from the SQLite write (answered InternalError; found by the schema fuzz,
+    tests/e2e/test_fuzz_actions.py), and a RemoteStartTransaction profile with such an id
+    was held, to fail once the transaction started."""
+    with Store(tmp_path / "state") as store:
+        manager = station.manager(store.profiles)
+        assert manager.set_profile(1, profile(profile_id)) == "Rejected"
+        assert manager.remote_start_profile(1, profile(profile_id, "TxProfile")) == "Rejected"
+        assert manager.set_profile(1, profile(2**63 - 1)) == "Accepted"      # the largest that fits
+        assert [p.id for p in manager.profiles()] == [2**63 - 1]
+        assert [p["chargingProfileId"] for p in store.profiles.load_all()] == [2**63 - 1]
