@@ -171,6 +171,12 @@ class Demo:
 
     async def run(self) -> int:
         DEMO_DIR.mkdir(exist_ok=True)
+        # The story starts with an empty car park: forget the EV, faults and link state an
+        # interrupted earlier demo left in the simulated hardware. The charger's own store is
+        # kept, as a real charger's is (an unfinished transaction is stopped as PowerLoss).
+        from hal.sim.board import STATE_FILE_NAME
+
+        (self.settings.storage.state_dir / STATE_FILE_NAME).unlink(missing_ok=True)
         try:
             self.ntp.start()
         except OSError as exc:
