@@ -126,6 +126,16 @@ def _multiple_ok(value: float | int, step: float | int) -> bool:
     return _is_multiple(value, _decimal_parts(step))
 
 
+def resolve_ref(root: Mapping[str, Any], node: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Follow local "$ref": "#/..." pointers (the only kind the OCPP 1.6 schemas use)."""
+    while "$ref" in node:
+        target: Any = root
+        for part in str(node["$ref"])[2:].split("/"):
+            target = target[part]
+        node = target
+    return node
+
+
 class PayloadGenerator:
     """Schema-valid payloads for one action's request schema (see module doc)."""
 
@@ -206,12 +216,7 @@ class PayloadGenerator:
         return deck
 
     def _resolve(self, node: Mapping[str, Any]) -> Mapping[str, Any]:
-        while "$ref" in node:
-            target: Any = self.schema
-            for part in str(node["$ref"])[2:].split("/"):
-                target = target[part]
-            node = target
-        return node
+        return resolve_ref(self.schema, node)
 
     def _hint(self, path: str) -> Hint | None:
         if path in self.hints:

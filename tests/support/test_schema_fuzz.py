@@ -26,6 +26,7 @@ from tests.support.schema_fuzz import (
     UNREACHABLE_URLS,
     PayloadGenerator,
     charger_hints,
+    resolve_ref,
     sane_payloads,
 )
 
@@ -71,15 +72,6 @@ def test_same_seed_same_payloads_other_seed_others() -> None:
 # ------------------------------------------------------------------ coverage, checked on the payloads
 
 
-def _resolve(root: Mapping[str, Any], node: Mapping[str, Any]) -> Mapping[str, Any]:
-    while "$ref" in node:
-        target: Any = root
-        for part in str(node["$ref"])[2:].split("/"):
-            target = target[part]
-        node = target
-    return node
-
-
 class _Seen:
     def __init__(self) -> None:
         self.values: dict[str, list[Any]] = defaultdict(list)
@@ -88,14 +80,14 @@ class _Seen:
         self.optional: set[str] = set()
 
     def walk(self, root: Mapping[str, Any], node: Mapping[str, Any], value: Any, path: str) -> None:
-        node = _resolve(root, node)
+        node = resolve_ref(root, node)
         self.nodes[path] = node
         self.values[path].append(value)
         if isinstance(value, dict):
             required = set(node.get("required", []))
             for name, sub in node.get("properties", {}).items():
                 child = f"{path}.{name}" if path else name
-                self.nodes.setdefault(child, _resolve(root, sub))
+                self.nodes.setdefault(child, resolve_ref(root, sub))
                 if name not in required:
                     self.optional.add(child)
                 self.presence[child].add(name in value)
