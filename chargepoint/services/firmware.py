@@ -65,6 +65,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
+from chargepoint.ocppj import schemas
 from chargepoint.ocppj.session import OcppError, Reply
 
 if TYPE_CHECKING:
@@ -158,16 +159,17 @@ def install_log_ring() -> LogRing:
 
 
 def parse_datetime_s(text: str | None) -> float | None:
-    """An OCPP dateTime as epoch seconds (UTC when no zone is given); None if absent or bad."""
+    """An OCPP dateTime as epoch seconds (UTC when no zone is given); None if absent or bad.
+    A valid date-time beyond what datetime holds in UTC ("9999-12-31T23:59:59-01:00" is
+    year 10000) is clamped by schemas.parse_date_time to datetime.max / min: a retrieveDate
+    that far away is simply waited for. The result may lie just past datetime.max (the float
+    rounds up), so never format it back with iso8601_s."""
     if not text:
         return None
     try:
-        value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return schemas.parse_date_time(text).timestamp()
     except ValueError:
         return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.UTC)
-    return value.timestamp()
 
 
 def iso8601_s(epoch_s: float) -> str:
@@ -567,7 +569,9 @@ class FirmwareService:
             retries=max(0, int(payload.get("retries", DEFAULT_RETRIES))),
             retry_interval_s=max(0.0, float(payload.get("retryInterval", DEFAULT_RETRY_INTERVAL_S))),
         )
-        log.info("UpdateFirmware: %s after %s", safe_url(job.location), iso8601_s(retrieve_at_s))
+        # The retrieveDate as received: iso8601_s(retrieve_at_s) raised ValueError ("year 10000
+        # is out of range") for one clamped at datetime.max (found by the schema fuzz).
+        log.info("UpdateFirmware: %s after %r", safe_url(job.location), payload.get("retrieveDate"))
         # The first FirmwareStatusNotification must follow the (empty) UpdateFirmware.conf.
         return Reply({}, after_sent=lambda: self._start_soon(job))
 

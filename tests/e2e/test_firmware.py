@@ -168,6 +168,27 @@ async def test_download_waits_for_the_retrieve_date(tmp_path: Path) -> None:
             env.csms.assert_no_violations()
 
 
+@pytest.mark.parametrize("retrieve_date", ["9999-12-31T23:59:59-01:00", "9999-12-31T23:59:59.999999Z"])
+async def test_a_retrieve_date_beyond_year_9999_in_utc_is_accepted_and_waited_for(
+        tmp_path: Path, retrieve_date: str) -> None:
+    """§6.55: UpdateFirmware.conf has no status, so a valid retrieveDate however far away is
+    taken and waited for. Year 10000 in UTC was answered InternalError (found by the schema fuzz)."""
+    with FileServer() as files:
+        files.files["/fw/chargepoint-4.1.0.tar.gz"] = firmware_tar_gz()
+        async with charger_env(tmp_path) as env:
+            async with env.app() as app:
+                await _registered(env, app)
+                conf = await env.csms.call(CP_ID, "UpdateFirmware", {
+                    "location": files.url("/fw/chargepoint-4.1.0.tar.gz"), "retrieveDate": retrieve_date})
+                assert conf == {}
+                await eventually(lambda: app.store.kv_get("firmware", "job") is not None,
+                                 message="the update is scheduled")
+                assert (await env.astatus())["firmware"]["update_phase"] == "scheduled"
+                assert files.count("GET", "/fw/chargepoint-4.1.0.tar.gz") == 0
+                assert _statuses(env) == []
+            env.csms.assert_no_violations()
+
+
 async def test_installation_waits_for_the_transaction_to_end_and_idle_connectors_are_unavailable(
         tmp_path: Path) -> None:
     """Errata 3.49 / Security WP L01.FR.06-07: no installation during a charging session;

@@ -93,21 +93,6 @@ FUZZED_ACTIONS = tuple(a for a in CS_TO_CP_ACTIONS if a not in EXCLUDED)
 # that hit one, so it keeps guarding everything else.
 
 
-def _epoch_s_has_no_datetime(text: Any) -> bool:
-    """A date-time whose epoch seconds (a float) do not convert back to a datetime:
-    "9999-12-31T23:59:59.999999Z" rounds up to year 10000, "9999-12-31T23:59:59-01:00"
-    is year 10000 in UTC, "0001-01-01T00:00:00+01:00" year 0."""
-    if not isinstance(text, str):
-        return False
-    value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    value = value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
-    try:
-        dt.datetime.fromtimestamp((value - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)).total_seconds(), dt.UTC)
-    except (ValueError, OverflowError, OSError):
-        return True
-    return False
-
-
 @dataclass(frozen=True)
 class KnownBug:
     action: str
@@ -117,12 +102,6 @@ class KnownBug:
 
 
 KNOWN_BUGS = {
-    "UpdateFirmware-retrieveDate-beyond-datetime": KnownBug(
-        "UpdateFirmware", lambda p: _epoch_s_has_no_datetime(p.get("retrieveDate")),
-        {"location": "http://127.0.0.1:9/x", "retrieveDate": "9999-12-31T23:59:59-01:00"},
-        "chargepoint/services/firmware.py (being edited elsewhere; reported): on_update_firmware logs "
-        "iso8601_s(retrieve_at_s), whose datetime.fromtimestamp raises ValueError 'year 10000 is out of "
-        "range' (or 'year 0') -> CALLERROR InternalError"),
     "ReserveNow-reservationId-beyond-64-bits": KnownBug(
         "ReserveNow", lambda p: not -(2**63) <= p["reservationId"] < 2**63,
         {"connectorId": 1, "expiryDate": "2099-01-01T00:00:00Z", "idTag": "TAG1", "reservationId": 2**63},

@@ -3,6 +3,7 @@ ring buffer and its time window, transfers against a real HTTP server on loopbac
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import logging
 import zipfile
@@ -20,6 +21,7 @@ from chargepoint.services.firmware import (
     firmware_file_name,
     format_log_lines,
     make_opener,
+    parse_datetime_s,
     safe_url,
     upload,
     upload_url,
@@ -64,6 +66,21 @@ def test_default_installer_accepts_a_tar_gz_and_a_wheel_and_refuses_anything_els
         path.write_bytes(data)
         with pytest.raises(InstallError):
             default_installer(path)
+
+
+def test_date_times_beyond_what_datetime_holds_are_clamped_not_an_error() -> None:
+    """A retrieveDate / startTime that is valid RFC 3339 but whose UTC instant datetime cannot
+    hold is the nearest representable instant (schemas.parse_date_time), not a ValueError.
+    UpdateFirmware with "9999-12-31T23:59:59-01:00" was answered InternalError (schema fuzz)."""
+    end_s = dt.datetime.max.replace(tzinfo=dt.UTC).timestamp()
+    start_s = dt.datetime.min.replace(tzinfo=dt.UTC).timestamp()
+    assert parse_datetime_s("9999-12-31T23:59:59-01:00") == end_s
+    assert parse_datetime_s("9999-12-31T23:59:59.999999Z") == end_s
+    assert parse_datetime_s("0001-01-01T00:00:00+01:00") == start_s
+    assert parse_datetime_s("2026-11-24T10:00:00+01:00") == dt.datetime(2026, 11, 24, 9, tzinfo=dt.UTC).timestamp()
+    assert parse_datetime_s("2026-11-24T10:00:00") == dt.datetime(2026, 11, 24, 10, tzinfo=dt.UTC).timestamp()
+    assert parse_datetime_s("yesterday") is None
+    assert parse_datetime_s(None) is None
 
 
 def test_log_ring_keeps_info_and_above_and_the_window_selects_by_wall_time() -> None:
