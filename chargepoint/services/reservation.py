@@ -45,7 +45,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from chargepoint.evse.controller import StatusChanged
-from chargepoint.store.profiles import Reservation
+from chargepoint.store.profiles import Reservation, fits_sqlite_integer
 
 if TYPE_CHECKING:
     from chargepoint.app import ChargePointApp
@@ -261,6 +261,13 @@ class ReservationService:
         candidate = Reservation(reservation_id=reservation_id, connector_id=connector_id,
                                 id_tag=str(payload["idTag"]), parent_id_tag=payload.get("parentIdTag") or None,
                                 expiry_date=expiry_text)
+        if not fits_sqlite_integer(reservation_id):
+            # The 1.6 schema puts no bound on reservationId, but the store (SQLite INTEGER, 64
+            # bits signed) cannot hold this one, so the reservation could never be kept across
+            # a restart nor found again: refused (§7.40 Rejected). It was answered InternalError
+            # (the store's ValueError; found by the schema fuzz).
+            log.info("ReserveNow %d: reservationId beyond 64 bits, cannot be stored: Rejected", reservation_id)
+            return {"status": REJECTED}
         now = self._now()
         if parse_expiry(expiry_text) is None or is_expired(candidate, now):
             log.info("ReserveNow %d: expiryDate %s already past: Rejected", reservation_id, expiry_text)

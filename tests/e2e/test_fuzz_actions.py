@@ -101,15 +101,10 @@ class KnownBug:
     reason: str
 
 
-KNOWN_BUGS = {
-    "ReserveNow-reservationId-beyond-64-bits": KnownBug(
-        "ReserveNow", lambda p: not -(2**63) <= p["reservationId"] < 2**63,
-        {"connectorId": 1, "expiryDate": "2099-01-01T00:00:00Z", "idTag": "TAG1", "reservationId": 2**63},
-        "chargepoint/services/reservation.py (being edited elsewhere; reported): on_reserve_now stores an Accepted "
-        "reservation whose reservationId SQLite cannot hold; ReservationRepo.upsert raises ValueError (before: "
-        "sqlite3 OverflowError) -> CALLERROR InternalError. Fix: Rejected unless store.profiles."
-        "fits_sqlite_integer(reservationId)"),
-}
+# None open (the last ones were fixed: UpdateFirmware retrieveDate beyond year 9999 in UTC,
+# ReserveNow reservationId beyond 64 bits; their regression tests are in tests/e2e/test_firmware.py
+# and tests/e2e/test_reservation.py). A new finding goes here with its example payload.
+KNOWN_BUGS: dict[str, KnownBug] = {}
 
 
 def _known_bug(action: str, payload: dict[str, Any]) -> str | None:
@@ -513,17 +508,19 @@ class StillThere(AssertionError):
     else, so a reproducer whose set-up breaks fails instead of passing as "expected"."""
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(name, marks=pytest.mark.xfail(reason=bug.reason, strict=True, raises=StillThere))
-    for name, bug in KNOWN_BUGS.items()])
-async def test_known_bug(tmp_path: Path, name: str) -> None:
-    """The payload of a reported bug still gets a wrong answer (see KNOWN_BUGS)."""
-    bug = KNOWN_BUGS[name]
-    assert bug.matches(bug.example)
-    async with charger_env(tmp_path) as env, running(env):
-        problem = await _problem_with_answer(env, bug.action, bug.example)
-        if problem is not None:
-            raise StillThere(problem)
+# Defined only while a bug is known (an empty parameter set would be a test that can never fail).
+if KNOWN_BUGS:
+    @pytest.mark.parametrize("name", [
+        pytest.param(name, marks=pytest.mark.xfail(reason=bug.reason, strict=True, raises=StillThere))
+        for name, bug in KNOWN_BUGS.items()])
+    async def test_known_bug(tmp_path: Path, name: str) -> None:
+        """The payload of a reported bug still gets a wrong answer (see KNOWN_BUGS)."""
+        bug = KNOWN_BUGS[name]
+        assert bug.matches(bug.example)
+        async with charger_env(tmp_path) as env, running(env):
+            problem = await _problem_with_answer(env, bug.action, bug.example)
+            if problem is not None:
+                raise StillThere(problem)
 
 
 @pytest.mark.xfail(strict=True, raises=StillThere, reason="transactions.py / reservation.py (being edited "

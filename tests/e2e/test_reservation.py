@@ -192,6 +192,21 @@ async def test_same_reservation_id_replaces_the_reservation_5_13(tmp_path: Path)
 # --------------------------------------------------------------------------- refusals
 
 
+async def test_a_reservation_id_beyond_64_bits_is_rejected_7_40(tmp_path: Path) -> None:
+    """The 1.6 schema bounds no reservationId; one SQLite cannot store (beyond a signed 64-bit
+    INTEGER) is Rejected and leaves the connector Available. It was answered InternalError
+    (found by the schema fuzz)."""
+    async with charger_env(tmp_path) as env, running(env) as app:
+        for reservation_id in (2**63, -(2**63) - 1, 10**30):
+            assert await call(env, "ReserveNow", reserve(reservation_id, 1, "TAG1")) == {"status": "Rejected"}
+        assert stored_ids(app) == []
+        assert not reservations(app).is_reserved(1)
+        # The edges that do fit are taken.
+        assert await call(env, "ReserveNow", reserve(2**63 - 1, 1, "TAG1")) == {"status": "Accepted"}
+        assert stored_ids(app) == [2**63 - 1]
+    env.csms.assert_no_violations()
+
+
 async def test_occupied_faulted_unavailable_rejected_7_40(tmp_path: Path) -> None:
     """§7.40: Occupied (EV plugged / transaction), Faulted, Unavailable, Rejected (unknown connector)."""
     async with charger_env(tmp_path) as env:
