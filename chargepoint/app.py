@@ -252,7 +252,8 @@ class ChargePointApp:
         try:
             return await self.call(action, payload, **kwargs)
         except (CallErrorReceived, CallTimeout, NotConnected) as exc:
-            log.info("%s not delivered: %s %s", action, type(exc).__name__, getattr(exc, "error_code", ""))
+            code = getattr(exc, "error_code", None)   # a CALLERROR's code is the central system's text
+            log.info("%s not delivered: %s%s", action, type(exc).__name__, "" if code is None else f" {code!r}")
             return None
 
     @property

@@ -38,6 +38,8 @@ def redact(text: str | bytes) -> str | bytes:
 
 
 LOGGER_NAME = "chargepoint.ocppj"
+# Message ids, unmatched action names and CALLERROR codes / descriptions are the peer's text:
+# logged with %r, so a CR/LF in one cannot forge a log line (one line per event).
 
 Payload = dict[str, Any]
 
@@ -244,7 +246,7 @@ class Session:
     async def _on_frame_error(self, exc: FrameError) -> None:
         if exc.answerable:
             assert exc.message_id is not None
-            self._log.info("bad CALL %s: %s", exc.message_id, exc)
+            self._log.info("bad CALL %r: %s", exc.message_id, exc)
             await self._send_now(frames.encode_error(exc.message_id, exc.error_code, exc.description))
             return
         pending = self._pending
@@ -260,7 +262,7 @@ class Session:
         if message_id in self._inbound:
             # OCPP-J §4.2.3: "an existing call with the same unique identifier is being
             # handled already" is answered with a CALLERROR; the handler is not run twice.
-            self._log.info("CALL %s %s: duplicate message id", action, message_id)
+            self._log.info("CALL %r %r: duplicate message id", action, message_id)
             await self._send_now(
                 frames.encode_error(
                     message_id, frames.FORMATION_VIOLATION, "a CALL with this message id is being handled already"
@@ -275,14 +277,14 @@ class Session:
                 code, description = frames.NOT_SUPPORTED, f"{action} is not supported"
             else:
                 code, description = frames.NOT_IMPLEMENTED, "unknown action"
-            self._log.info("CALL %s %s: %s", action, message_id, code)
+            self._log.info("CALL %r %r: %s", action, message_id, code)
             await self._send_now(frames.encode_error(message_id, code, description))
             return
         if self.validate:
             try:
                 schemas.validate_request(action, call.payload)
             except SchemaViolation as exc:
-                self._log.info("CALL %s %s: %s", action, message_id, exc)
+                self._log.info("CALL %s %r: %s", action, message_id, exc)
                 await self._send_now(frames.encode_error(message_id, exc.error_code, exc.description))
                 return
         task = asyncio.get_running_loop().create_task(self._run_handler(call, handler, self._generation))
@@ -306,17 +308,17 @@ class Session:
                     schemas.validate_response(action, payload)
                 text = frames.encode_result(message_id, payload)
             except NoReply:
-                self._log.info("CALL %s %s: not answered (handler said so)", action, message_id)
+                self._log.info("CALL %s %r: not answered (handler said so)", action, message_id)
                 return
             except OcppError as exc:
-                self._log.info("CALL %s %s answered %s: %s", action, message_id, exc.error_code, exc.description)
+                self._log.info("CALL %s %r answered %s: %s", action, message_id, exc.error_code, exc.description)
                 try:
                     text = frames.encode_error(message_id, exc.error_code, exc.description, exc.details)
                 except (TypeError, ValueError):  # details that are not JSON: drop them, keep the code
                     text = frames.encode_error(message_id, exc.error_code, exc.description)
             except Exception:
                 # Our bug: full traceback in the log, nothing of it on the wire (§4.2.3 InternalError).
-                self._log.exception("handler for %s %s failed", action, message_id)
+                self._log.exception("handler for %s %r failed", action, message_id)
                 text = frames.encode_error(message_id, frames.INTERNAL_ERROR, "internal error")
                 after_sent = None
             sent = await self._send_if_current(text, generation)
@@ -329,7 +331,7 @@ class Session:
                 if inspect.isawaitable(outcome):
                     await outcome
             except Exception:
-                self._log.exception("after_sent of %s %s failed", action, message_id)
+                self._log.exception("after_sent of %s %r failed", action, message_id)
 
     def _on_result(self, result: CallResult) -> None:
         pending = self._match(result.message_id, "CALLRESULT")
@@ -350,7 +352,7 @@ class Session:
         if pending is None:
             return
         self._log.info(
-            "%s %s answered CALLERROR %s: %s",
+            "%s %s answered CALLERROR %r: %r",
             pending.action,
             error.message_id,
             error.error_code,
@@ -362,7 +364,7 @@ class Session:
         pending = self._pending
         if pending is None or pending.message_id != message_id or pending.future.done():
             # Late (after a timeout), duplicated or unsolicited: nothing waits for it.
-            self._log.info("dropped %s %s: no CALL waiting for it", kind, message_id)
+            self._log.info("dropped %s %r: no CALL waiting for it", kind, message_id)
             return None
         return pending
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 log = logging.getLogger("chargepoint.config")
+# ChangeConfiguration keys and values are the central system's text (CiString50 / 500, any
+# character): logged with %r so a CR/LF cannot forge a log line; AuthorizationKey values never.
 
 Kind = Literal["bool", "int", "csl", "str"]
 Access = Literal["R", "RW", "W"]
@@ -323,7 +325,7 @@ class ConfigurationStore:
         if spec.access == "R":
             return "Rejected"
         if spec.validate is not None and not spec.validate(value):
-            log.info("ChangeConfiguration %s rejected: invalid value", name)
+            log.info("ChangeConfiguration %r rejected: invalid value", name)
             return "Rejected"
         new = _canonical(spec, value)
         old = self._values[name]
@@ -335,14 +337,14 @@ class ConfigurationStore:
         self._values[name] = new
         self._backend.kv_put(self.NAMESPACE, name, new)
         if spec.access == "W":
-            log.info("configuration key %s changed (value not logged)", name)
+            log.info("configuration key %r changed (value not logged)", name)
         else:
-            log.info("configuration key %s changed: %s -> %s", name, old, new)
+            log.info("configuration key %r changed: %r -> %r", name, old, new)
         for listener in list(self._listeners):
             try:
                 listener(name, new)
             except Exception:  # a listener's bug must not break the answer
-                log.exception("listener for %s failed", name)
+                log.exception("listener for %r failed", name)
         return "RebootRequired" if spec.reboot_required else "Accepted"
 
 

@@ -72,6 +72,8 @@ if TYPE_CHECKING:
     from chargepoint.app import ChargePointApp
 
 log = logging.getLogger("chargepoint.firmware")
+# Locations / URLs are the central system's text: logged with %r (after safe_url), so a CR/LF
+# in one cannot forge a log line (one line per event, docs/ARCHITECTURE.md).
 
 NS = "firmware"
 DIAGNOSTICS_NS = "diagnostics"
@@ -521,7 +523,7 @@ class FirmwareService:
         job = self._load_job()
         self._remove_leftovers(keep=None if job is None else job.job_id)
         if job is not None and (self._job_task is None or self._job_task.done()):
-            log.info("resuming firmware update (%s) from %s", job.phase, safe_url(job.location))
+            log.info("resuming firmware update (%s) from %r", job.phase, safe_url(job.location))
             self._job_task = self.app.spawn(self._execute(job), "firmware-update")
 
     def _remove_leftovers(self, keep: str | None) -> None:
@@ -571,7 +573,7 @@ class FirmwareService:
         )
         # The retrieveDate as received: iso8601_s(retrieve_at_s) raised ValueError ("year 10000
         # is out of range") for one clamped at datetime.max (found by the schema fuzz).
-        log.info("UpdateFirmware: %s after %r", safe_url(job.location), payload.get("retrieveDate"))
+        log.info("UpdateFirmware: %r after %r", safe_url(job.location), payload.get("retrieveDate"))
         # The first FirmwareStatusNotification must follow the (empty) UpdateFirmware.conf.
         return Reply({}, after_sent=lambda: self._start_soon(job))
 
@@ -587,7 +589,7 @@ class FirmwareService:
             start_s=parse_datetime_s(payload.get("startTime")),
             stop_s=parse_datetime_s(payload.get("stopTime")),
         )
-        log.info("GetDiagnostics: uploading %s to %s", name, safe_url(request.location))
+        log.info("GetDiagnostics: uploading %s to %r", name, safe_url(request.location))
 
         def start() -> None:
             if self._diagnostics_task is not None and not self._diagnostics_task.done():
@@ -686,7 +688,7 @@ class FirmwareService:
             try:
                 size = await asyncio.to_thread(download, job.location, path, opener=self._opener, cancel=cancel)
             except TransferError as exc:
-                log.warning("firmware download attempt %d of %d from %s failed: %s",
+                log.warning("firmware download attempt %d of %d from %r failed: %s",
                             attempt, attempts, safe_url(job.location), exc)
                 if attempt < attempts:
                     await asyncio.sleep(job.retry_interval_s)
@@ -849,11 +851,11 @@ class FirmwareService:
             try:
                 await asyncio.to_thread(upload, url, data, opener=self._opener)
             except TransferError as exc:
-                log.warning("upload attempt %d of %d to %s failed: %s", attempt, attempts, safe_url(url), exc)
+                log.warning("upload attempt %d of %d to %r failed: %s", attempt, attempts, safe_url(url), exc)
                 if attempt < attempts:
                     await asyncio.sleep(request.retry_interval_s)
                 continue
-            log.info("uploaded %s (%d bytes) to %s", file_name, len(data), safe_url(url))
+            log.info("uploaded %s (%d bytes) to %r", file_name, len(data), safe_url(url))
             return True
         return False
 

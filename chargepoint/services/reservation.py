@@ -51,6 +51,8 @@ if TYPE_CHECKING:
     from chargepoint.app import ChargePointApp
 
 log = logging.getLogger("chargepoint.reservation")
+# The idTag and expiryDate of ReserveNow are the central system's text: logged with %r, so a
+# CR/LF in an idTag cannot forge a log line (one line per event, docs/ARCHITECTURE.md).
 
 # The wall clock can also be stepped by something other than this daemon (another time
 # service, an operator): that has no event, so a sleep towards an expiryDate re-reads the
@@ -270,13 +272,13 @@ class ReservationService:
             return {"status": REJECTED}
         now = self._now()
         if parse_expiry(expiry_text) is None or is_expired(candidate, now):
-            log.info("ReserveNow %d: expiryDate %s already past: Rejected", reservation_id, expiry_text)
+            log.info("ReserveNow %d: expiryDate %r already past: Rejected", reservation_id, expiry_text)
             return {"status": REJECTED}
         others = [r for r in self._valid() if r.reservation_id != reservation_id]
         status = reserve_status(connector_id, self._views(), others,
                                 charge_point_operative=self._charge_point_operative(),
                                 zero_supported=self._zero_supported())
-        log.info("ReserveNow %d for %s on connector %d until %s: %s", reservation_id, candidate.id_tag,
+        log.info("ReserveNow %d for %r on connector %d until %r: %s", reservation_id, candidate.id_tag,
                  connector_id, expiry_text, status)
         if status == ACCEPTED:
             self.app.store.reservations.upsert(candidate)

@@ -328,7 +328,7 @@ class SecurityService:
         except sqlite3.Error:
             log.exception("security event %s could not be stored", kind)
             return
-        (log.warning if pushed else log.info)("security event %s%s", kind, f": {tech_info}" if tech_info else "")
+        (log.warning if pushed else log.info)("security event %s%s", kind, f": {tech_info!r}" if tech_info else "")
         sender = self._sender()
         if sender is not None:
             sender.notify()
@@ -461,7 +461,7 @@ class SecurityService:
         else:
             problem = validity_problem(cert, self._now())
         if problem is not None:
-            log.info("InstallCertificate %s rejected: %s", kind, problem)   # M05.FR.06
+            log.info("InstallCertificate %s rejected: %r", kind, problem)   # M05.FR.06
             return {"status": "Rejected"}
         if any(fingerprint(c) == fingerprint(cert) for _, c in self.certs.roots(kind)):
             return {"status": "Accepted"}
@@ -674,7 +674,7 @@ class SecurityService:
             signature=firmware_info["signature"],
         )
         status = "AcceptedCanceled" if firmware.busy else "Accepted"   # L01.FR.26
-        log.info("SignedUpdateFirmware %d: %s from %s", job.request_id, status, safe_url(job.location))
+        log.info("SignedUpdateFirmware %d: %s from %r", job.request_id, status, safe_url(job.location))
 
         def start() -> None:
             firmware.start_update(job)
@@ -719,7 +719,7 @@ class SecurityService:
         )
         running = self._log_task is not None and not self._log_task.done()
         status = "AcceptedCanceled" if running else "Accepted"   # N01.FR.11
-        log.info("GetLog %d (%s): %s, uploading %s to %s", request_id, log_type, status, name,
+        log.info("GetLog %d (%s): %s, uploading %s to %r", request_id, log_type, status, name,
                  safe_url(upload.location))
 
         def start() -> None:

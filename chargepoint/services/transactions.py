@@ -117,6 +117,9 @@ if TYPE_CHECKING:
     from chargepoint.app import ChargePointApp
 
 log = logging.getLogger("chargepoint.transactions")
+# idTags are peer data (CiString20 allows any character, from the central system or a card):
+# logged with %r, so a CR/LF in one cannot forge a log line (one line per event,
+# docs/ARCHITECTURE.md; found by the schema fuzz).
 
 # Reasons of OCPP 1.6 §7.36 that a Reset in progress stands for after a restart.
 RESET_REASONS = frozenset({"SoftReset", "HardReset", "Reboot"})
@@ -403,7 +406,7 @@ class TransactionService:
                 return
         result = await self.app.auth.check(id_tag)
         if not result.accepted:
-            log.info("idTag %s refused (%s): no transaction", id_tag, result.info.get("status"))
+            log.info("idTag %r refused (%s): no transaction", id_tag, result.info.get("status"))
             return
         for tx in list(self._active.values()):
             if same_group(tx.id_tag, tx.parent_id_tag or self.app.auth.parent_of(tx.id_tag), id_tag,
@@ -412,7 +415,7 @@ class TransactionService:
                 return
         cid = self._choose_connector(hint, id_tag)
         if cid is None:
-            log.info("idTag %s accepted but no connector can start a transaction", id_tag)
+            log.info("idTag %r accepted but no connector can start a transaction", id_tag)
             return
         await self._begin_authorized(cid, id_tag, result.info, remote=False, bound=False, has_profile=False)
 
@@ -429,7 +432,7 @@ class TransactionService:
         else:
             cid = None
         if cid is None:
-            log.info("RemoteStartTransaction for %s on connector %s rejected: no connector can start",
+            log.info("RemoteStartTransaction for %r on connector %s rejected: no connector can start",
                      id_tag, connector_id)
             return {"status": "Rejected"}
         if profile is not None and not self._accept_remote_profile(cid, profile):
@@ -467,7 +470,7 @@ class TransactionService:
             # §5.11: behave as for a local action: authorize first.
             result = await self.app.auth.check(id_tag)
             if not result.accepted:
-                log.info("RemoteStartTransaction for %s: not authorized (%s)", id_tag, result.info.get("status"))
+                log.info("RemoteStartTransaction for %r: not authorized (%s)", id_tag, result.info.get("status"))
                 if has_profile:
                     self._discard_remote_profile(cid)
                 return
@@ -476,7 +479,7 @@ class TransactionService:
             # The central system checks the idTag when it answers StartTransaction (§5.11).
             info = {"status": ACCEPTED}
         if not self._can_start(cid, id_tag):
-            log.info("RemoteStartTransaction for %s: connector %d can no longer start", id_tag, cid)
+            log.info("RemoteStartTransaction for %r: connector %d can no longer start", id_tag, cid)
             if has_profile:
                 self._discard_remote_profile(cid)
             return
@@ -557,7 +560,7 @@ class TransactionService:
         """An accepted idTag for connector cid: start now if plugged, else wait for the plug."""
         ok, reservation_id = self._reservation_for(cid, id_tag)
         if not ok:
-            log.info("connector %d is reserved for another idTag; %s refused", cid, id_tag)
+            log.info("connector %d is reserved for another idTag; %r refused", cid, id_tag)
             if has_profile:
                 self._discard_remote_profile(cid)
             return
@@ -572,7 +575,7 @@ class TransactionService:
                                       remote, has_profile, reservation_id)
         self.app.controllers[cid].set_preparing(True)
         self._wake.set()   # the loop may be asleep with no deadline, or a later one
-        log.info("idTag %s authorized on connector %d: waiting %.0f s for the plug (ConnectionTimeOut)",
+        log.info("idTag %r authorized on connector %d: waiting %.0f s for the plug (ConnectionTimeOut)",
                  id_tag, cid, timeout_s)
 
     def _consume_reservation(self, reservation_id: int | None) -> None:
@@ -587,7 +590,7 @@ class TransactionService:
         self.app.controllers[cid].set_preparing(False)
         if pending.has_profile:
             self._discard_remote_profile(cid)
-        log.info("authorization of %s on connector %d cancelled: %s", pending.id_tag, cid, why)
+        log.info("authorization of %r on connector %d cancelled: %s", pending.id_tag, cid, why)
 
     def _pending_for_plug(self, cid: int) -> _Pending | None:
         """The authorization a plug on connector cid completes (its own, or a movable one)."""
@@ -607,10 +610,10 @@ class TransactionService:
                      remote: bool = False) -> ActiveTransaction | None:
         async with self._locks[cid]:
             if cid in self._active:
-                log.info("connector %d already has a transaction; %s not started", cid, id_tag)
+                log.info("connector %d already has a transaction; %r not started", cid, id_tag)
                 return None
             if not self._operative(cid):
-                log.info("connector %d is Inoperative; %s not started", cid, id_tag)
+                log.info("connector %d is Inoperative; %r not started", cid, id_tag)
                 return None
             energy_wh = await self._read_energy_wh(cid)
             meter_start_wh = max(0, math.floor(energy_wh)) if energy_wh is not None else 0
@@ -650,7 +653,7 @@ class TransactionService:
             controller.set_finishing(False)
             controller.set_lock_held(self._lock_policy_holds())
             controller.set_transaction_active(True)
-            log.info("transaction local %d started on connector %d for %s, meterStart %d Wh", local_id, cid,
+            log.info("transaction local %d started on connector %d for %r, meterStart %d Wh", local_id, cid,
                      id_tag, meter_start_wh)
             # Listeners first (a RemoteStart TxProfile is installed there), then energy.
             self._emit(TransactionStarted(local_id, cid, id_tag))
@@ -730,7 +733,7 @@ class TransactionService:
         max_wh = self.app.config.get_int("MaxEnergyOnInvalidId")
         reading = self.app.meters.latest(tx.connector_id) if self.app.meters is not None else None
         delivered_wh = (reading.energy_wh - tx.meter_start_wh) if reading is not None else 0.0
-        log.warning("transaction %s on connector %d: idTag %s is %s", tx.transaction_id, tx.connector_id,
+        log.warning("transaction %s on connector %d: idTag %r is %s", tx.transaction_id, tx.connector_id,
                     tx.id_tag, tx.id_tag_status)
         if max_wh > 0 and delivered_wh < max_wh:
             tx.invalid_limit_wh = tx.meter_start_wh + max_wh   # MaxEnergyOnInvalidId (§9.1.14)
@@ -786,7 +789,7 @@ class TransactionService:
         self._holds[cid] = (id_tag, parent)
         self.app.store.kv_put(LOCK_HOLD_NS, str(cid), {"id_tag": id_tag, "parent": parent})
         self.app.controllers[cid].set_lock_held(True)
-        log.info("connector %d: cable stays locked until %s is presented (%s)", cid, id_tag, why)
+        log.info("connector %d: cable stays locked until %r is presented (%s)", cid, id_tag, why)
 
     def _restore_holds(self) -> None:
         for key, value in self.app.store.kv_items(LOCK_HOLD_NS).items():

@@ -178,7 +178,7 @@ class TransactionMessageSender:
             await self._sleep(self._not_connected_backoff_s)
             return
         except CallErrorReceived as exc:
-            await self._failed(message, f"CALLERROR {exc}")
+            await self._failed(message, f"CALLERROR {str(exc)!r}")   # the description is the central system's text
             return
         except CallTimeout:
             await self._failed(message, "no answer (timeout)")

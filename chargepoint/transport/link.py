@@ -409,10 +409,10 @@ class Link:
                     await self._session.feed(message)
                 except Exception:
                     log.exception("link: the session failed on a frame")
-            detail = f": {ws.close_reason}" if ws.close_reason else ""
+            detail = f": {ws.close_reason!r}" if ws.close_reason else ""
             return f"closed by the central system (code {ws.close_code}{detail})"
         except ConnectionClosed as exc:
-            return f"connection lost: {exc}"
+            return f"connection lost: {str(exc)!r}"
 
     async def _watch(self, link: str | None) -> str:
         """Returns "request" (reconnect or stop requested) or "link" (active link changed)."""

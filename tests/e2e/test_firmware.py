@@ -189,6 +189,30 @@ async def test_a_retrieve_date_beyond_year_9999_in_utc_is_accepted_and_waited_fo
             env.csms.assert_no_violations()
 
 
+async def test_a_location_with_line_breaks_stays_on_one_log_line(tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """UpdateFirmware / GetDiagnostics locations are the central system's text (format "uri" is
+    not checked): logged raw, a CR/LF in one forged a log line (one line per event)."""
+    caplog.set_level(logging.INFO, logger="chargepoint")
+    location = "http://127.0.0.1:9/fw\nINFO forged"
+    async with charger_env(tmp_path) as env:
+        async with env.app() as app:
+            await _registered(env, app)
+            assert await env.csms.call(CP_ID, "UpdateFirmware", {
+                "location": location, "retrieveDate": "2999-01-01T00:00:00Z"}) == {}
+            conf = await env.csms.call(CP_ID, "GetDiagnostics", {"location": location, "retries": 0})
+            assert "fileName" in conf
+            await env.csms.wait_for("DiagnosticsStatusNotification", lambda p: p["status"] == "UploadFailed",
+                                    timeout_s=20)
+        env.csms.assert_no_violations()
+    lines = [r.getMessage() for r in caplog.records if r.name == "chargepoint.firmware"]
+    assert any(repr(location) in line and "UpdateFirmware" in line for line in lines), lines
+    assert any(repr(location) in line and "GetDiagnostics" in line for line in lines), lines
+    split = [r.getMessage() for r in caplog.records
+             if r.name.startswith("chargepoint") and any(c in r.getMessage() for c in "\r\n")]
+    assert not split, split
+
+
 async def test_installation_waits_for_the_transaction_to_end_and_idle_connectors_are_unavailable(
         tmp_path: Path) -> None:
     """Errata 3.49 / Security WP L01.FR.06-07: no installation during a charging session;

@@ -114,12 +114,6 @@ def _known_bug(action: str, payload: dict[str, Any]) -> str | None:
     return None
 
 
-# Log records that carry a line break from the payload (a peer-controlled newline forges a
-# log line; docs/ARCHITECTURE.md: one line per event). Reported for these files (being edited
-# elsewhere): transactions.py "RemoteStartTransaction for %s ..." and reservation.py
-# "ReserveNow %s for %s ..." log the idTag raw. Reproduced by test_known_log_line_injection.
-KNOWN_LOG_INJECTION_FILES = frozenset({"transactions.py", "reservation.py"})
-
 # OCPP 1.6 §4.9 transitions the charger reports although the table has no such cell.
 # Reported (operations.py / evse/controller.py are being edited elsewhere); reproduced by
 # test_known_illegal_transition:
@@ -241,10 +235,12 @@ def _errors_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
             and not r.name.startswith("chargepoint.csms")]
 
 
-def _split_log_lines(caplog: pytest.LogCaptureFixture, *, known: frozenset[str]) -> list[str]:
+def _split_log_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """Log records that carry a line break from the payload (a peer-controlled newline forges a
+    log line; docs/ARCHITECTURE.md: one line per event)."""
     return [f"{r.filename}:{r.lineno}: {r.getMessage()!r}"[:300] for r in caplog.records
             if r.name.startswith("chargepoint") and not r.name.startswith("chargepoint.csms")
-            and r.filename not in known and any(c in r.getMessage() for c in "\r\n")]
+            and any(c in r.getMessage() for c in "\r\n")]
 
 
 def _illegal_transitions(env: ChargerEnv, connector_ids: tuple[int, ...]) -> list[str]:
@@ -290,7 +286,7 @@ async def _still_sane(env: ChargerEnv, app: ChargePointApp, stopped: asyncio.Tas
 
 def _check_logs_and_wire(env: ChargerEnv, caplog: pytest.LogCaptureFixture, connector_ids: tuple[int, ...]) -> None:
     assert not _errors_logged(caplog), "\n".join(_errors_logged(caplog))
-    split = _split_log_lines(caplog, known=KNOWN_LOG_INJECTION_FILES)
+    split = _split_log_lines(caplog)
     assert not split, "log lines split by payload line breaks:\n" + "\n".join(split)
     illegal = _illegal_transitions(env, connector_ids)
     assert not illegal, "\n".join(illegal)
@@ -521,23 +517,6 @@ if KNOWN_BUGS:
             problem = await _problem_with_answer(env, bug.action, bug.example)
             if problem is not None:
                 raise StillThere(problem)
-
-
-@pytest.mark.xfail(strict=True, raises=StillThere, reason="transactions.py / reservation.py (being edited "
-                   "elsewhere; reported) log the idTag with %s: a CR/LF in it splits the log line (forged log lines)")
-@pytest.mark.parametrize("action, payload", [
-    ("RemoteStartTransaction", {"idTag": "A\nINFO forged"}),
-    ("ReserveNow", {"connectorId": 1, "expiryDate": "2099-01-01T00:00:00Z", "idTag": "A\r\nINFO forged",
-                    "reservationId": 7}),
-])
-async def test_known_log_line_injection(tmp_path: Path, caplog: pytest.LogCaptureFixture, action: str,
-                                        payload: dict[str, Any]) -> None:
-    caplog.set_level(logging.INFO, logger="chargepoint")
-    async with charger_env(tmp_path) as env, running(env):
-        assert await _problem_with_answer(env, action, payload) is None
-    split = _split_log_lines(caplog, known=frozenset())
-    if split:
-        raise StillThere("\n".join(split))
 
 
 async def _b8_remote_start_then_inoperative(env: ChargerEnv) -> None:

@@ -9,6 +9,7 @@ StartTransaction, §4.9 Reserved.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -204,6 +205,22 @@ async def test_a_reservation_id_beyond_64_bits_is_rejected_7_40(tmp_path: Path) 
         # The edges that do fit are taken.
         assert await call(env, "ReserveNow", reserve(2**63 - 1, 1, "TAG1")) == {"status": "Accepted"}
         assert stored_ids(app) == [2**63 - 1]
+    env.csms.assert_no_violations()
+
+
+async def test_an_id_tag_with_line_breaks_stays_on_one_log_line(tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """ReserveNow's idTag is the central system's text (CiString20, any character): logged raw,
+    a CR/LF in it forged a log line; one line per event (docs/ARCHITECTURE.md; schema fuzz)."""
+    caplog.set_level(logging.INFO, logger="chargepoint")
+    tag = "A\r\nINFO forged"
+    async with charger_env(tmp_path) as env, running(env):
+        assert await call(env, "ReserveNow", reserve(7, 1, tag)) == {"status": "Accepted"}
+    lines = [r.getMessage() for r in caplog.records if r.name == "chargepoint.reservation"]
+    assert any(repr(tag) in line and "Accepted" in line for line in lines), lines
+    split = [r.getMessage() for r in caplog.records
+             if r.name.startswith("chargepoint") and any(c in r.getMessage() for c in "\r\n")]
+    assert not split, split
     env.csms.assert_no_violations()
 
 

@@ -11,6 +11,7 @@ StopTransactionOnEVSideDisconnect, StopTransactionOnInvalidId.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -394,4 +395,27 @@ async def test_remote_start_rejections_5_11(tmp_path: Path) -> None:
         for request in occupied:
             assert await env.csms.call(CP_ID, "RemoteStartTransaction", request) == {"status": "Rejected"}, request
         assert len(calls(env, "StartTransaction")) == 1
+    env.csms.assert_no_violations()
+
+
+async def test_an_id_tag_with_line_breaks_stays_on_one_log_line(tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """An idTag is the central system's text (CiString20 allows any character): logged raw, a
+    CR/LF in it forged a log line ("RemoteStartTransaction for A\nINFO forged ..."); one line
+    per event (docs/ARCHITECTURE.md). Found by the schema fuzz: accepted, waiting for the plug,
+    then started, each logged with the idTag quoted."""
+    caplog.set_level(logging.INFO, logger="chargepoint")
+    tag = "A\nINFO forged\r"
+    async with charger_env(tmp_path, AuthorizeRemoteTxRequests=False, ConnectionTimeOut=30) as env, running(env):
+        assert await env.csms.call(CP_ID, "RemoteStartTransaction", {"idTag": tag}) == {"status": "Accepted"}
+        await status_of(env, "Preparing")
+        await env.asim("sim.plug", connector=1)
+        start = await env.csms.wait_for("StartTransaction", timeout_s=WAIT_S)
+        assert start.payload["idTag"] == tag
+    lines = [r.getMessage() for r in caplog.records if r.name == "chargepoint.transactions"]
+    assert any(repr(tag) in line and "waiting" in line for line in lines), lines
+    assert any(repr(tag) in line and "started" in line for line in lines), lines
+    split = [r.getMessage() for r in caplog.records
+             if r.name.startswith("chargepoint") and any(c in r.getMessage() for c in "\r\n")]
+    assert not split, split
     env.csms.assert_no_violations()

@@ -541,3 +541,22 @@ async def test_handler_raising_no_reply_sends_nothing_ocpp16_4_2_rejected() -> N
     # The id is free again: the handler is finished.
     await feed(session, '[2,"m1","ClearCache",{}]')
     assert await wire.next() == [3, "m1", {"status": "Accepted"}]
+
+
+async def test_the_peers_message_ids_actions_and_error_texts_stay_on_one_log_line(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Message ids, unknown action names and CALLERROR texts are the central system's text:
+    logged raw, a CR/LF in one forged a log line (one line per event, docs/ARCHITECTURE.md)."""
+    session, wire = make()
+    with caplog.at_level(logging.INFO, logger="chargepoint.ocppj"):
+        await call_error_for(session, wire, [2, "id\nINFO forged", "Reset", {"type": "Medium"}])
+        await call_error_for(session, wire, [2, "id2\r\n", "Do\nINFO forged", {}])
+        await feed(session, json.dumps([3, "late\nINFO forged", {}]))
+        task = asyncio.create_task(session.call("BootNotification", BOOT))
+        frame = await wire.next()
+        await feed(session, json.dumps([4, frame[1], "Generic\nError", "no\r\nINFO forged", {}]))
+        with pytest.raises(CallErrorReceived):
+            await asyncio.wait_for(task, WAIT_S)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 4, lines
+    assert not [line for line in lines if "\r" in line or "\n" in line], lines

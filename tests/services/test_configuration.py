@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -98,3 +99,19 @@ def test_listeners_hear_accepted_changes_only(tmp_path: Path) -> None:
     config.change_configuration("HeartbeatInterval", "abc")
     config.change_configuration("HeartbeatInterval", "60")
     assert heard == [("HeartbeatInterval", "60")]
+
+
+def test_keys_and_values_are_logged_on_one_line_and_the_authorization_key_never(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """ChangeConfiguration's value is the central system's text (CpoName takes any character):
+    logged raw, a CR/LF in it forged a log line; one line per event, and never an
+    AuthorizationKey value (docs/ARCHITECTURE.md, Security WP §7.2)."""
+    _, config = make(tmp_path)
+    with caplog.at_level(logging.INFO, logger="chargepoint.config"):
+        assert config.change_configuration("CpoName", "Cpo\r\nINFO forged") == "Accepted"
+        assert config.change_configuration("AuthorizationKey", "0123456789abcdef") == "Accepted"
+        assert config.change_configuration("HeartbeatInterval", "x\ny") == "Rejected"
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(repr("Cpo\r\nINFO forged") in line for line in lines), lines
+    assert not [line for line in lines if "\r" in line or "\n" in line]
+    assert not [line for line in lines if "0123456789abcdef" in line]
