@@ -15,7 +15,11 @@ ChangeAvailability (§5.2): connector 0 addresses the charge point and all its
 connectors. The state persists (kv "availability"/<connectorId>: a reboot keeps
 it, §5.2 "Persistent states"). Inoperative on a connector with a transaction is
 answered Scheduled and applied when the transaction ends (kv
-"availability_scheduled" keeps the promise across a restart); already in the
+"availability_scheduled" keeps the promise across a restart). So is Inoperative on a
+connector that is Preparing (an authorization or RemoteStartTransaction waiting for
+the plug, or an EV plugged in waiting for an idTag): the §4.9 table has no
+Preparing -> Unavailable (B8), so the change waits until the Preparing ends (B1 ->
+Available -> A8, or a transaction and its end, C8 / F8); already in the
 requested state is Accepted; an unknown connector is Rejected. An Inoperative
 connector is Unavailable (the controller withholds energy and the status
 follows); connector 0's status is reported here because no controller owns it.
@@ -42,6 +46,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from chargepoint.evse.status import ChargePointStatus
 from chargepoint.ocppj.session import Reply
 
 if TYPE_CHECKING:
@@ -96,8 +101,8 @@ def plan_availability(connector_id: int, requested: str, *, connector_ids: Itera
     """ChangeAvailability (§5.2) as a pure decision.
 
     `current` is the effective state per id (0 included), `busy` the connectors with a
-    transaction in progress. Inoperative waits for a busy connector (Scheduled); connector
-    0 follows once none of its connectors waits any more. Operative never waits, and
+    transaction in progress or Preparing for one (`_in_use`). Inoperative waits for a busy
+    connector (Scheduled); connector 0 follows once none of its connectors waits any more. Operative never waits, and
     drops any Scheduled Inoperative for the same ids. A state already in place is Accepted.
     """
     ids = set(connector_ids)
@@ -107,7 +112,10 @@ def plan_availability(connector_id: int, requested: str, *, connector_ids: Itera
     busy_set = set(busy)
     if requested == OPERATIVE:
         now = tuple(t for t in targets if current.get(t, OPERATIVE) != OPERATIVE)
-        return AvailabilityPlan("Accepted", apply_now=now, cancel=tuple(targets))
+        # A connector that may charge keeps the charge point operative (see the service), so
+        # it also drops a Scheduled Inoperative of connector 0: applied later, that would
+        # take this connector out of service again.
+        return AvailabilityPlan("Accepted", apply_now=now, cancel=tuple(sorted({0, *targets})))
     waiting = tuple(t for t in targets if t != 0 and t in busy_set and current.get(t, OPERATIVE) != INOPERATIVE)
     now = tuple(t for t in targets if t != 0 and t not in waiting and current.get(t, OPERATIVE) != INOPERATIVE)
     if 0 in targets and current.get(0, OPERATIVE) != INOPERATIVE:
@@ -132,6 +140,22 @@ def _transaction_on(app: ChargePointApp, connector_id: int) -> bool:
     if service is not None and hasattr(service, "active") and service.active(connector_id) is not None:
         return True
     return app.store.transactions.open_on_connector(connector_id) is not None
+
+
+def _in_use(app: ChargePointApp, connector_id: int) -> bool:
+    """A transaction in progress, or the connector Preparing for one: an Inoperative change
+    waits (Scheduled). OCPP 1.6 §4.9 table (errata 3.20 added B6 to it, no B8): from
+    Preparing there is no transition to Unavailable, while every other status a user occupies
+    reaches Unavailable only once that use ends with the connector "scheduled to become
+    Unavailable" (C8, D8, E8, F8, G8). So Preparing is left first -- B1 (usage ended or
+    ConnectionTimeOut, errata 3.21 / 3.77) then A8, or B3-B5 into a transaction whose end
+    applies it (§5.2: Scheduled "will be executed when transaction(s) in progress have
+    finished", §7.3). Preparing -> Unavailable at once was reported (found by the schema fuzz)."""
+    if _transaction_on(app, connector_id):
+        return True
+    controller = app.controllers.get(connector_id)
+    status = controller.status if controller is not None else None
+    return status is not None and status.status == ChargePointStatus.PREPARING
 
 
 async def _wait_until(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.05) -> bool:
@@ -267,7 +291,7 @@ class AvailabilityService:
         requested = str(payload["type"])
         ids = list(self.app.controllers)
         current = {i: self.state(i) for i in [0, *ids]}
-        busy = [i for i in ids if _transaction_on(self.app, i)]
+        busy = [i for i in ids if _in_use(self.app, i)]
         plan = plan_availability(connector_id, requested, connector_ids=ids, current=current, busy=busy)
         if plan.status == "Rejected":
             log.info("ChangeAvailability %s on unknown connector %d: Rejected", requested, connector_id)
@@ -317,12 +341,15 @@ class AvailabilityService:
         if not pending:
             return
         for cid, state in sorted(pending.items()):
-            if cid != 0 and cid in self.app.controllers and not _transaction_on(self.app, cid):
+            if cid != 0 and cid in self.app.controllers and not _in_use(self.app, cid):
                 self._apply(cid, state)
             elif cid != 0 and cid not in self.app.controllers:
                 self.app.store.kv_delete(SCHEDULED_NS, str(cid))
         rest = self.scheduled()
-        if 0 in rest and not any(cid != 0 for cid in rest):
+        # Connector 0 takes every connector with it: only once none is in use any more
+        # (no Preparing -> Unavailable, §4.9; see _in_use).
+        if 0 in rest and not any(cid != 0 for cid in rest) \
+                and not any(_in_use(self.app, cid) for cid in self.app.controllers):
             self._apply(0, rest[0])
 
     def _send_status(self, connector_id: int) -> None:

@@ -8,6 +8,7 @@ OCPP 1.6 §5.2 ChangeAvailability, §5.14 Reset (errata 3.36 / 3.82), §5.18 Unl
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import pytest
 
 from chargepoint.app import ChargePointApp
 from chargepoint.csms.server import Received
+from chargepoint.evse.status import ChargePointStatus, check_transition
 from chargepoint.services.operations import AvailabilityService, DataTransferService
 from tests.support.harness import CP_ID, ChargerEnv, charger_env, eventually, mark, running
 
@@ -152,6 +154,87 @@ async def test_inoperative_during_a_transaction_is_scheduled_until_it_ends_5_2(t
         assert unavailable.index > stop.index
         assert availability(app, 1) == "Inoperative"
         assert avail(app).scheduled() == {}
+    env.csms.assert_no_violations()
+
+
+def statuses_since(env: ChargerEnv, connector_id: int, after: int) -> list[ChargePointStatus]:
+    return [ChargePointStatus(r.payload["status"]) for r in env.csms.received_of("StatusNotification")
+            if r.index >= after and r.payload["connectorId"] == connector_id]
+
+
+def illegal(sequence: list[ChargePointStatus]) -> list[str]:
+    return [str(bad) for a, b in itertools.pairwise(sequence) if (bad := check_transition(a, b)) is not None]
+
+
+async def test_inoperative_while_preparing_is_scheduled_until_the_preparing_ends_4_9_5_2(
+        tmp_path: Path) -> None:
+    """§4.9: the table has no Preparing -> Unavailable (B8). Inoperative on a connector that
+    is Preparing (a RemoteStartTransaction waiting for the plug) is Scheduled; the connector
+    stays Preparing until ConnectionTimeOut ends it (B1 -> Available), then becomes Unavailable
+    (A8). It went Preparing -> Unavailable at once (found by the schema fuzz)."""
+    async with charger_env(tmp_path, AuthorizeRemoteTxRequests=False, ConnectionTimeOut=2) as env, \
+            running(env) as app:
+        after = mark(env)
+        assert await call(env, "RemoteStartTransaction", {"idTag": "TAG1"}) == {"status": "Accepted"}
+        await status_of(env, 1, "Preparing", after=after)
+        assert await call(env, "ChangeAvailability", {"connectorId": 1, "type": "Inoperative"}) == \
+            {"status": "Scheduled"}
+        assert avail(app).scheduled() == {1: "Inoperative"} and availability(app, 1) == "Operative"
+        assert (await env.astatus())["connectors"][0]["status"] == "Preparing"
+        await status_of(env, 1, "Unavailable", after=after)   # after ConnectionTimeOut
+        assert statuses_since(env, 1, after) == [ChargePointStatus.PREPARING, ChargePointStatus.AVAILABLE,
+                                                 ChargePointStatus.UNAVAILABLE]
+        assert availability(app, 1) == "Inoperative" and avail(app).scheduled() == {}
+    env.csms.assert_no_violations()
+
+
+async def test_inoperative_with_an_ev_plugged_and_no_idtag_waits_for_the_unplug_4_9_5_2(tmp_path: Path) -> None:
+    """§4.9 (no B8): plugged, waiting for an idTag (Preparing, no time-out on this charger), the
+    connector 0 request is Scheduled for that connector; the other one changes now. Unplugged:
+    Available (B1), then Unavailable (A8)."""
+    async with charger_env(tmp_path) as env:
+        env.doc["connector"] = TWO_CONNECTORS
+        async with running(env, last_connector=2) as app:
+            after = mark(env)
+            await env.asim("sim.plug", connector=1)
+            await status_of(env, 1, "Preparing", after=after)
+            assert await call(env, "ChangeAvailability", {"connectorId": 0, "type": "Inoperative"}) == \
+                {"status": "Scheduled"}
+            await status_of(env, 2, "Unavailable", after=after)
+            assert set(avail(app).scheduled()) == {0, 1}
+            await env.asim("sim.unplug", connector=1)
+            await status_of(env, 1, "Unavailable", after=after)
+            await status_of(env, 0, "Unavailable", after=after)
+            assert statuses_since(env, 1, after) == [ChargePointStatus.PREPARING, ChargePointStatus.AVAILABLE,
+                                                     ChargePointStatus.UNAVAILABLE]
+            assert [availability(app, cid) for cid in (0, 1, 2)] == ["Inoperative"] * 3
+    env.csms.assert_no_violations()
+
+
+async def test_operative_on_the_connector_drops_a_scheduled_charge_point_inoperative_5_2(
+        tmp_path: Path) -> None:
+    """Inoperative for the charge point is Scheduled behind the transaction; Operative for
+    its connector then keeps the charge point operative too (the scheduled change of
+    connector 0 is dropped): the transaction's end leaves the connector Finishing, and a
+    new EV's Preparing is never cut to Unavailable (§4.9 has no B8; found by the schema fuzz)."""
+    async with charger_env(tmp_path) as env, running(env) as app:
+        await start_transaction(env)
+        after = mark(env)
+        assert await call(env, "ChangeAvailability", {"connectorId": 0, "type": "Inoperative"}) == \
+            {"status": "Scheduled"}
+        assert await call(env, "ChangeAvailability", {"connectorId": 1, "type": "Operative"}) == \
+            {"status": "Accepted"}
+        assert avail(app).scheduled() == {}
+        await env.asim("sim.swipe", id_tag="TAG1", connector=1)
+        stop = await env.csms.wait_for("StopTransaction", after_index=after, timeout_s=WAIT_S)
+        await status_of(env, 1, "Finishing", after=stop.index)
+        await env.asim("sim.unplug", connector=1)
+        await status_of(env, 1, "Available", after=stop.index)
+        await env.asim("sim.plug", connector=1)
+        await status_of(env, 1, "Preparing", after=stop.index)
+        assert [availability(app, cid) for cid in (0, 1)] == ["Operative", "Operative"]
+        assert not illegal(statuses_since(env, 1, after))
+        assert ChargePointStatus.UNAVAILABLE not in statuses_since(env, 1, after)
     env.csms.assert_no_violations()
 
 

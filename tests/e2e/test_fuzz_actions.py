@@ -115,15 +115,12 @@ def _known_bug(action: str, payload: dict[str, Any]) -> str | None:
 
 
 # OCPP 1.6 §4.9 transitions the charger reports although the table has no such cell.
-# Reported (operations.py / evse/controller.py are being edited elsewhere); reproduced by
-# test_known_illegal_transition:
-# - B8: ChangeAvailability(Inoperative) on a connector that is Preparing (a remote start
-#   waiting for the cable) is Accepted at once: Preparing -> Unavailable.
+# Reported (evse/controller.py); reproduced by test_known_illegal_transition (B8, Preparing ->
+# Unavailable, is fixed: tests/e2e/test_core_operations.py):
 # - H6: a transaction ends (UnlockConnector) while Inoperative is Scheduled: Finishing ->
 #   Unavailable (F8, fine); ChangeAvailability(Operative) with the EV still plugged then
 #   reports Unavailable -> Finishing.
-KNOWN_ILLEGAL_TRANSITIONS = frozenset({(ChargePointStatus.PREPARING, ChargePointStatus.UNAVAILABLE),
-                                       (ChargePointStatus.UNAVAILABLE, ChargePointStatus.FINISHING)})
+KNOWN_ILLEGAL_TRANSITIONS = frozenset({(ChargePointStatus.UNAVAILABLE, ChargePointStatus.FINISHING)})
 
 
 # --------------------------------------------------------------------------- the property
@@ -519,17 +516,6 @@ if KNOWN_BUGS:
                 raise StillThere(problem)
 
 
-async def _b8_remote_start_then_inoperative(env: ChargerEnv) -> None:
-    after = mark(env)
-    assert (await env.csms.call(CP_ID, "RemoteStartTransaction", {"idTag": "TAG1"}))["status"] == "Accepted"
-    await env.csms.wait_for("StatusNotification", lambda p: p["status"] == "Preparing", after_index=after,
-                            timeout_s=WAIT_S)
-    answer = await env.csms.call(CP_ID, "ChangeAvailability", {"connectorId": 1, "type": "Inoperative"})
-    assert answer["status"] in ("Accepted", "Scheduled")
-    await env.csms.wait_for("StatusNotification", lambda p: p["status"] == "Unavailable", after_index=after,
-                            timeout_s=WAIT_S)
-
-
 async def _h6_operative_again_after_a_scheduled_inoperative(env: ChargerEnv) -> None:
     assert await _start_charging(env) is not None
     after = mark(env)
@@ -545,12 +531,10 @@ async def _h6_operative_again_after_a_scheduled_inoperative(env: ChargerEnv) -> 
                             timeout_s=WAIT_S)
 
 
-@pytest.mark.xfail(strict=True, raises=StillThere, reason="operations.py / evse/controller.py (being "
-                   "edited elsewhere; reported): OCPP 1.6 §4.9 transitions not in the table, "
-                   "see KNOWN_ILLEGAL_TRANSITIONS")
-@pytest.mark.parametrize("scenario", [_b8_remote_start_then_inoperative,
-                                      _h6_operative_again_after_a_scheduled_inoperative],
-                         ids=["B8-Preparing-to-Unavailable", "H6-Unavailable-to-Finishing"])
+@pytest.mark.xfail(strict=True, raises=StillThere, reason="evse/controller.py (reported): OCPP 1.6 §4.9 "
+                   "transitions not in the table, see KNOWN_ILLEGAL_TRANSITIONS")
+@pytest.mark.parametrize("scenario", [_h6_operative_again_after_a_scheduled_inoperative],
+                         ids=["H6-Unavailable-to-Finishing"])
 async def test_known_illegal_transition(tmp_path: Path, scenario: Callable[[ChargerEnv], Any]) -> None:
     async with charger_env(tmp_path) as env, running(env):
         after = mark(env)

@@ -49,6 +49,13 @@ def test_operative_never_waits_and_cancels_a_scheduled_change() -> None:
     assert (p.status, set(p.apply_now), set(p.cancel)) == ("Accepted", {0, 1}, {0, 1, 2})
 
 
+def test_operative_on_a_connector_also_drops_a_scheduled_inoperative_of_connector_0() -> None:
+    """Applied later, connector 0's change would take the connector out of service again
+    (and did so while it was Preparing: §4.9 has no B8; found by the schema fuzz)."""
+    p = plan(1, "Operative", busy=(1,))
+    assert (p.status, p.apply_now, set(p.cancel)) == ("Accepted", (), {0, 1})
+
+
 def test_reset_reasons_7_36() -> None:
     assert reset_reason("Soft") == "SoftReset"
     assert reset_reason("Hard") == "HardReset"
