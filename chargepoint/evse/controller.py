@@ -213,7 +213,8 @@ class ConnectorController:
         self._set("_preparing", preparing)
 
     def set_finishing(self, finishing: bool) -> None:
-        """The transaction stopped with the cable still in; cleared here on unplug (F1)."""
+        """The transaction stopped with the cable still in; cleared here on unplug (F1) and
+        once the connector is Unavailable (F8)."""
         self._set("_finishing", finishing)
 
     def set_transaction_active(self, active: bool) -> None:
@@ -356,6 +357,12 @@ class ConnectorController:
                      raw_state)
             if not plugged:
                 self._finishing = False   # section 4.9 F1: all user actions completed
+        if self._finishing and not self._available and not self._transaction_active:
+            # Section 4.9 F8: Finishing -> Unavailable is "all user actions completed", so the
+            # session is over. A cable still in when the connector is set Available again is a
+            # new user interaction: Preparing (H2); the table has no Unavailable -> Finishing
+            # (H6), which was reported after a Scheduled Inoperative (found by the schema fuzz).
+            self._finishing = False
         drawing = self._ev_drawing(outputs.relay_closed, raw_state)
         if drawing != self._drawing:
             self._drawing = drawing

@@ -238,6 +238,32 @@ async def test_operative_on_the_connector_drops_a_scheduled_charge_point_inopera
     env.csms.assert_no_violations()
 
 
+async def test_operative_again_with_the_cable_still_in_is_preparing_4_9_h2(tmp_path: Path) -> None:
+    """§4.9: a Scheduled Inoperative takes effect when the transaction ends (UnlockConnector,
+    cable still in the EV: Finishing -> Unavailable, F8 "all user actions completed"); set
+    Operative again with the EV still plugged, the connector is Preparing (H2). It reported
+    Unavailable -> Finishing, which the table does not have (H6; found by the schema fuzz)."""
+    async with charger_env(tmp_path) as env, running(env):
+        await start_transaction(env)
+        after = mark(env)
+        assert await call(env, "ChangeAvailability", {"connectorId": 1, "type": "Inoperative"}) == \
+            {"status": "Scheduled"}
+        assert await call(env, "UnlockConnector", {"connectorId": 1}) == {"status": "Unlocked"}
+        await status_of(env, 1, "Unavailable", after=after)
+        operative = mark(env)
+        assert await call(env, "ChangeAvailability", {"connectorId": 1, "type": "Operative"}) == \
+            {"status": "Accepted"}
+        await status_of(env, 1, "Preparing", after=operative)
+        sequence = statuses_since(env, 1, after)
+        assert sequence[-2:] == [ChargePointStatus.UNAVAILABLE, ChargePointStatus.PREPARING]
+        assert not illegal(sequence), sequence
+        # Preparing means what it says: the plugged EV starts with a card.
+        await env.asim("sim.swipe", id_tag="TAG2", connector=1)
+        await env.csms.wait_for("StartTransaction", lambda p: p["idTag"] == "TAG2", after_index=operative,
+                                timeout_s=WAIT_S)
+    env.csms.assert_no_violations()
+
+
 async def test_operative_cancels_a_scheduled_inoperative_5_2(tmp_path: Path) -> None:
     async with charger_env(tmp_path) as env, running(env) as app:
         await start_transaction(env)

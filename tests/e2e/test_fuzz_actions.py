@@ -52,7 +52,7 @@ from chargepoint.app import ChargePointApp
 from chargepoint.csms.server import CallErrorResponse
 from chargepoint.evse.status import ChargePointStatus, check_transition
 from chargepoint.ocppj import schemas
-from tests.support.harness import CP_ID, WAIT_S, ChargerEnv, calls, charger_env, mark, running
+from tests.support.harness import CP_ID, ChargerEnv, calls, charger_env, mark, running
 from tests.support.schema_fuzz import (
     CS_TO_CP_ACTIONS,
     EXCLUDED,
@@ -112,15 +112,6 @@ def _known_bug(action: str, payload: dict[str, Any]) -> str | None:
         if bug.action == action and bug.matches(payload):
             return name
     return None
-
-
-# OCPP 1.6 §4.9 transitions the charger reports although the table has no such cell.
-# Reported (evse/controller.py); reproduced by test_known_illegal_transition (B8, Preparing ->
-# Unavailable, is fixed: tests/e2e/test_core_operations.py):
-# - H6: a transaction ends (UnlockConnector) while Inoperative is Scheduled: Finishing ->
-#   Unavailable (F8, fine); ChangeAvailability(Operative) with the EV still plugged then
-#   reports Unavailable -> Finishing.
-KNOWN_ILLEGAL_TRANSITIONS = frozenset({(ChargePointStatus.UNAVAILABLE, ChargePointStatus.FINISHING)})
 
 
 # --------------------------------------------------------------------------- the property
@@ -246,8 +237,6 @@ def _illegal_transitions(env: ChargerEnv, connector_ids: tuple[int, ...]) -> lis
         sequence = [ChargePointStatus(r.payload["status"]) for r in calls(env, "StatusNotification")
                     if r.payload["connectorId"] == connector_id]
         for before, after in itertools.pairwise(sequence):
-            if (before, after) in KNOWN_ILLEGAL_TRANSITIONS:
-                continue
             illegal = check_transition(before, after, connector_id=connector_id)
             if illegal is not None:
                 found.append(f"connector {connector_id}: {illegal}")
@@ -514,33 +503,3 @@ if KNOWN_BUGS:
             problem = await _problem_with_answer(env, bug.action, bug.example)
             if problem is not None:
                 raise StillThere(problem)
-
-
-async def _h6_operative_again_after_a_scheduled_inoperative(env: ChargerEnv) -> None:
-    assert await _start_charging(env) is not None
-    after = mark(env)
-    assert (await env.csms.call(CP_ID, "ChangeAvailability", {"connectorId": 1, "type": "Inoperative"}))[
-        "status"] == "Scheduled"                          # §5.2: a transaction is running
-    assert (await env.csms.call(CP_ID, "UnlockConnector", {"connectorId": 1}))["status"] == "Unlocked"
-    await env.csms.wait_for("StatusNotification", lambda p: p["status"] == "Unavailable", after_index=after,
-                            timeout_s=WAIT_S)
-    operative = mark(env)
-    assert (await env.csms.call(CP_ID, "ChangeAvailability", {"connectorId": 1, "type": "Operative"}))[
-        "status"] == "Accepted"
-    await env.csms.wait_for("StatusNotification", lambda p: p["connectorId"] == 1, after_index=operative,
-                            timeout_s=WAIT_S)
-
-
-@pytest.mark.xfail(strict=True, raises=StillThere, reason="evse/controller.py (reported): OCPP 1.6 §4.9 "
-                   "transitions not in the table, see KNOWN_ILLEGAL_TRANSITIONS")
-@pytest.mark.parametrize("scenario", [_h6_operative_again_after_a_scheduled_inoperative],
-                         ids=["H6-Unavailable-to-Finishing"])
-async def test_known_illegal_transition(tmp_path: Path, scenario: Callable[[ChargerEnv], Any]) -> None:
-    async with charger_env(tmp_path) as env, running(env):
-        after = mark(env)
-        await scenario(env)
-        sequence = [ChargePointStatus(r.payload["status"]) for r in calls(env, "StatusNotification", after)
-                    if r.payload["connectorId"] == 1]
-        illegal = [check_transition(a, b) for a, b in itertools.pairwise(sequence)]
-        if any(illegal):
-            raise StillThere(f"{sequence}: {illegal}")

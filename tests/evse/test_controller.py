@@ -240,6 +240,27 @@ def test_stop_then_unplug_goes_finishing_then_available(rig: Rig) -> None:
     assert rig.status == S.PREPARING, "finishing was cleared by the unplug (4.9 F1)"
 
 
+def test_finishing_made_unavailable_comes_back_preparing_not_finishing_4_9_f8_h2(rig: Rig) -> None:
+    """4.9: Finishing -> Unavailable is F8 ("all user actions completed"); set Available again
+    with the cable still in, the connector is Preparing (H2). The table has no Unavailable ->
+    Finishing (H6), which was reported after a Scheduled Inoperative (found by the schema fuzz)."""
+    rig.start_session()
+    rig.ctl.set_energy_allowed(False)
+    rig.ctl.set_transaction_active(False)
+    rig.ctl.set_finishing(True)
+    rig.steps()
+    assert rig.status == S.FINISHING
+    rig.ctl.set_available(False)
+    rig.steps()
+    assert rig.status == S.UNAVAILABLE and rig.ctl.plugged
+    rig.ctl.set_available(True)
+    rig.steps()
+    assert rig.status == S.PREPARING
+    reported = [e.due.report.status for e in rig.of_type(StatusDue)]
+    assert reported[-3:] == [S.FINISHING, S.UNAVAILABLE, S.PREPARING]
+    assert all(e.due.illegal is None for e in rig.of_type(StatusDue))
+
+
 def test_unavailable_drives_f_and_reserved(rig: Rig) -> None:
     rig.ctl.set_reserved(True)
     rig.steps(1)
