@@ -262,6 +262,11 @@ class ConnectorController:
         return self._plugged
 
     @property
+    def lock_held(self) -> bool:
+        """The cable is kept locked for its user (set_lock_held)."""
+        return self._lock_held
+
+    @property
     def ev_drawing(self) -> bool:
         return self._drawing
 

@@ -19,7 +19,9 @@ answered Scheduled and applied when the transaction ends (kv
 connector that is Preparing (an authorization or RemoteStartTransaction waiting for
 the plug, or an EV plugged in waiting for an idTag): the §4.9 table has no
 Preparing -> Unavailable (B8), so the change waits until the Preparing ends (B1 ->
-Available -> A8, or a transaction and its end, C8 / F8); already in the
+Available -> A8, or a transaction and its end, C8 / F8), and on a connector whose
+cable is still locked for its user after the transaction (F8 needs all user actions
+completed; see _in_use); already in the
 requested state is Accepted; an unknown connector is Rejected. An Inoperative
 connector is Unavailable (the controller withholds energy and the status
 follows); connector 0's status is reported here because no controller owns it.
@@ -143,19 +145,29 @@ def _transaction_on(app: ChargePointApp, connector_id: int) -> bool:
 
 
 def _in_use(app: ChargePointApp, connector_id: int) -> bool:
-    """A transaction in progress, or the connector Preparing for one: an Inoperative change
-    waits (Scheduled). OCPP 1.6 §4.9 table (errata 3.20 added B6 to it, no B8): from
-    Preparing there is no transition to Unavailable, while every other status a user occupies
-    reaches Unavailable only once that use ends with the connector "scheduled to become
-    Unavailable" (C8, D8, E8, F8, G8). So Preparing is left first -- B1 (usage ended or
+    """A transaction in progress, the connector Preparing for one, or its cable still held for
+    the last one's user: an Inoperative change waits (Scheduled). OCPP 1.6 §4.9 table (errata
+    3.20 added B6 to it, no B8): from Preparing there is no transition to Unavailable, while
+    every other status a user occupies reaches Unavailable only once that use ends with the
+    connector "scheduled to become Unavailable" (C8, D8, E8, F8, G8). So Preparing is left first -- B1 (usage ended or
     ConnectionTimeOut, errata 3.21 / 3.77) then A8, or B3-B5 into a transaction whose end
     applies it (§5.2: Scheduled "will be executed when transaction(s) in progress have
-    finished", §7.3). Preparing -> Unavailable at once was reported (found by the schema fuzz)."""
+    finished", §7.3). Preparing -> Unavailable at once was reported (found by the schema fuzz).
+
+    Likewise Finishing with the cable locked for its user after the EV side left (§4.10,
+    errata 3.5): F8 is "all user actions completed", and that user has yet to take the
+    cable. Made Unavailable at once, it came back Finishing when set Operative (H6, not in
+    the table). A Finishing connector with the EV still plugged is not waited for (F8 at the
+    transaction's end, as before); the controller reports Preparing when it is set Available
+    again (H2)."""
     if _transaction_on(app, connector_id):
         return True
     controller = app.controllers.get(connector_id)
     status = controller.status if controller is not None else None
-    return status is not None and status.status == ChargePointStatus.PREPARING
+    if status is None:
+        return False
+    return status.status == ChargePointStatus.PREPARING or (
+        status.status == ChargePointStatus.FINISHING and controller is not None and controller.lock_held)
 
 
 async def _wait_until(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.05) -> bool:

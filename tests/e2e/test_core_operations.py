@@ -264,6 +264,36 @@ async def test_operative_again_with_the_cable_still_in_is_preparing_4_9_h2(tmp_p
     env.csms.assert_no_violations()
 
 
+async def test_inoperative_while_the_cable_is_held_for_its_user_waits_for_the_user_4_9_f8(
+        tmp_path: Path) -> None:
+    """§4.10 / errata 3.5: UnlockConnectorOnEVSideDisconnect false keeps the cable locked for its
+    user after the EV side left (Finishing). F8 is "all user actions completed": Inoperative is
+    Scheduled until the user's card frees the cable (F1 -> Available, then A8). Made
+    Unavailable at once, it came back Finishing when set Operative (H6, not in the table)."""
+    async with charger_env(tmp_path, UnlockConnectorOnEVSideDisconnect=False) as env, running(env) as app:
+        await start_transaction(env)
+        after = mark(env)
+        await env.asim("sim.unplug", connector=1)
+        stop = await env.csms.wait_for("StopTransaction", after_index=after, timeout_s=WAIT_S)
+        assert stop.payload["reason"] == "EVDisconnected"
+        await status_of(env, 1, "Finishing", after=after)
+        assert await call(env, "ChangeAvailability", {"connectorId": 1, "type": "Inoperative"}) == \
+            {"status": "Scheduled"}
+        assert (await env.astatus())["connectors"][0]["status"] == "Finishing"
+        await env.asim("sim.swipe", id_tag="TAG1", connector=1)   # the user takes the cable
+        await status_of(env, 1, "Unavailable", after=after)
+        assert availability(app, 1) == "Inoperative"
+        operative = mark(env)
+        assert await call(env, "ChangeAvailability", {"connectorId": 1, "type": "Operative"}) == \
+            {"status": "Accepted"}
+        await status_of(env, 1, "Available", after=operative)
+        sequence = statuses_since(env, 1, after)
+        assert sequence[-4:] == [ChargePointStatus.FINISHING, ChargePointStatus.AVAILABLE,
+                                 ChargePointStatus.UNAVAILABLE, ChargePointStatus.AVAILABLE]
+        assert not illegal(sequence), sequence
+    env.csms.assert_no_violations()
+
+
 async def test_operative_cancels_a_scheduled_inoperative_5_2(tmp_path: Path) -> None:
     async with charger_env(tmp_path) as env, running(env) as app:
         await start_transaction(env)
