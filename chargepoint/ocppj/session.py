@@ -227,7 +227,12 @@ class Session:
             self.last_rx_s = self._monotonic()
             if self.on_activity is not None:
                 self.on_activity()
-            self._log.debug("<- %s", redact(text))
+            if self._log.isEnabledFor(logging.DEBUG):
+                # The peer's JSON may put CR/LF between tokens: escaped, one line per frame.
+                logged = redact(text)
+                if isinstance(logged, str) and ("\n" in logged or "\r" in logged):
+                    logged = logged.replace("\r", "\\r").replace("\n", "\\n")
+                self._log.debug("<- %s", logged)
             try:
                 frame = frames.parse(text)
             except FrameError as exc:

@@ -59,6 +59,7 @@ from tests.support.schema_fuzz import (
     INT32_MAX,
     PayloadGenerator,
     charger_hints,
+    resolve_ref,
     sane_payloads,
 )
 
@@ -368,15 +369,6 @@ def _wrong_types(node: dict[str, Any]) -> list[Any]:
     }.get(str(kind), [])
 
 
-def _resolve(schema: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
-    while "$ref" in node:
-        target: Any = schema
-        for part in str(node["$ref"])[2:].split("/"):
-            target = target[part]
-        node = target
-    return node
-
-
 def _malformed_cases(action: str, valid: dict[str, Any]) -> Iterator[tuple[str, Any, str]]:
     """(what, payload, expected OCPP-J error code), each payload breaking exactly one rule of
     `valid`, in the mapping of chargepoint/ocppj/schemas.py (OCPP-J §4.2.3 Table 7, errata 3.2)."""
@@ -386,7 +378,7 @@ def _malformed_cases(action: str, valid: dict[str, Any]) -> Iterator[tuple[str, 
         yield f"payload {json.dumps(payload)[:20]}", payload, "FormationViolation"   # not a JSON object
 
     def walk(node: dict[str, Any], value: Any, path: list[str | int]) -> Iterator[tuple[str, Any, str]]:
-        node = _resolve(schema, node)
+        node = dict(resolve_ref(schema, node))
 
         def replaced(new: Any) -> Any:
             whole = copy.deepcopy(valid)

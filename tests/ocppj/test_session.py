@@ -560,3 +560,17 @@ async def test_the_peers_message_ids_actions_and_error_texts_stay_on_one_log_lin
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 4, lines
     assert not [line for line in lines if "\r" in line or "\n" in line], lines
+
+
+async def test_an_inbound_frame_with_line_breaks_between_tokens_is_one_debug_line(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # JSON allows CR/LF as whitespace between tokens: the DEBUG frame line escapes them.
+    async def clear_cache(payload: dict[str, Any]) -> dict[str, Any]:
+        return {"status": "Accepted"}
+
+    session, wire = make({"ClearCache": clear_cache})
+    with caplog.at_level(logging.DEBUG, logger="chargepoint.ocppj"):
+        await feed(session, '[2,\n"cc-1",\r\n"ClearCache",\n{}]')
+        assert (await wire.next())[:2] == [3, "cc-1"]
+    inbound = [r.getMessage() for r in caplog.records if r.getMessage().startswith("<- ")]
+    assert inbound == ['<- [2,\\n"cc-1",\\r\\n"ClearCache",\\n{}]']
