@@ -437,6 +437,16 @@ class LogUpload:
     stop_s: float | None = None
 
 
+def _preparing(controller: Any) -> bool:
+    """Preparing (a user or a remote start waiting for the plug or an idTag): the §4.9 table
+    has no Preparing -> Unavailable (B8), so such a connector is left until it is Available
+    (B1, then A8) or in a transaction (which the installation waits for anyway)."""
+    from chargepoint.evse.status import ChargePointStatus
+
+    status = controller.status
+    return status is not None and status.status == ChargePointStatus.PREPARING
+
+
 class FirmwareService:
     def __init__(self, app: ChargePointApp) -> None:
         self.app = app
@@ -449,6 +459,7 @@ class FirmwareService:
         self._diagnostics_task: asyncio.Task[None] | None = None
         self._diagnostics_status: str | None = None      # "Uploading" while an upload runs
         self._unavailable: set[int] = set()              # connectors we made Unavailable (L01.FR.07)
+        self._unavailable_wanted = False                 # waiting to install: idle connectors go Unavailable
         # A waiting update job is woken by a clock sync / step and by a transaction's end.
         self._wake = asyncio.Event()
         app.clock.add_listener(self._wake.set)
@@ -456,6 +467,8 @@ class FirmwareService:
         self._stops_notified = transactions is not None and hasattr(transactions, "add_listener")
         if self._stops_notified:
             transactions.add_listener(self._on_transaction_event)
+        # A Preparing connector is made Unavailable only once it is Available (no B8, §4.9).
+        app.add_connector_listener(self._on_connector_event)
         # Built on the first transfer: an SSL context with the CA bundle loaded costs memory
         # (~1 MB with a system bundle) for a feature most chargers use once a year.
         self._opener_built: urllib.request.OpenerDirector | None = None
@@ -655,6 +668,10 @@ class FirmwareService:
         if job.phase == "installing":
             await self._install(job)
 
+    def _on_connector_event(self, _event: Any) -> None:
+        if self._unavailable_wanted:
+            self._wake.set()
+
     def _on_transaction_event(self, event: Any) -> None:
         from chargepoint.services.transactions import TransactionStopped
 
@@ -723,14 +740,16 @@ class FirmwareService:
             busy = self._connectors_in_transaction()
             if not busy:
                 break
+            self._unavailable_wanted = True
             for cid, controller in self.app.controllers.items():
-                if cid not in busy and cid not in self._unavailable:
+                if cid not in busy and cid not in self._unavailable and not _preparing(controller):
                     controller.set_available(False)
                     self._unavailable.add(cid)
             if not logged:
                 log.info("firmware installation waits for the transaction(s) on connector(s) %s to end", busy)
                 logged = True
             await self._wait_wake(None if self._stops_notified else POLL_S)
+        self._unavailable_wanted = False
         if logged:
             # The stop is queued, not yet sent: let the central system see the StopTransaction.req
             # before "Installing" and the restart (bounded; only while there is a link to send on).

@@ -249,6 +249,44 @@ async def test_installation_waits_for_the_transaction_to_end_and_idle_connectors
             env.csms.assert_no_violations()
 
 
+async def test_a_preparing_connector_is_made_unavailable_only_once_available_4_9_no_b8(tmp_path: Path) -> None:
+    """While the installation waits for a transaction, an EV plugged into the free connector
+    without a card keeps it Preparing: §4.9 has no Preparing -> Unavailable, so it goes
+    Unavailable only after it is Available again (B1, A8)."""
+    with FileServer() as files:
+        files.files["/fw/chargepoint-5.1.0.tar.gz"] = firmware_tar_gz()
+        async with charger_env(tmp_path, AuthorizeRemoteTxRequests=False) as env:
+            env.doc["connector"] = [{"max_current_a": 32, "phases": 3}, {"max_current_a": 32, "phases": 3}]
+            async with env.app() as app:
+                await _registered(env, app)
+                await env.asim("sim.plug", connector=1)
+                assert (await env.csms.call(CP_ID, "RemoteStartTransaction",
+                                            {"idTag": "TAG1", "connectorId": 1}))["status"] == "Accepted"
+                start = await env.csms.wait_for("StartTransaction", timeout_s=20)
+                tx_id = start.response["transactionId"] if start.response else None
+                assert isinstance(tx_id, int)
+                await env.asim("sim.plug", connector=2)
+                await env.csms.wait_for("StatusNotification",
+                                        lambda p: p["connectorId"] == 2 and p["status"] == "Preparing", timeout_s=20)
+                await env.csms.call(CP_ID, "UpdateFirmware", {
+                    "location": files.url("/fw/chargepoint-5.1.0.tar.gz"), "retrieveDate": _iso(-5)})
+                await env.csms.wait_for("FirmwareStatusNotification", lambda p: p["status"] == "Downloaded",
+                                        timeout_s=20)
+                await eventually(lambda: app.firmware._unavailable_wanted, timeout_s=20)
+                assert env.csms.connector_status(CP_ID, 2) == "Preparing"
+                mark = len(env.csms.received)
+                await env.asim("sim.unplug", connector=2)
+                unavailable = await env.csms.wait_for(
+                    "StatusNotification", lambda p: p["connectorId"] == 2 and p["status"] == "Unavailable",
+                    after_index=mark, timeout_s=20)
+                statuses_2 = [r.payload["status"] for r in env.csms.received[mark:unavailable.index + 1]
+                              if r.action == "StatusNotification" and r.payload["connectorId"] == 2]
+                assert statuses_2 == ["Available", "Unavailable"]
+                await env.csms.call(CP_ID, "RemoteStopTransaction", {"transactionId": tx_id})
+                await eventually(lambda: app.restart_requested, timeout_s=20)
+            env.csms.assert_no_violations()
+
+
 async def test_firmware_update_resumes_after_a_restart_before_the_download(tmp_path: Path) -> None:
     """The update is persisted: a restart while it waits for retrieveDate resumes it."""
     with FileServer() as files:
