@@ -213,6 +213,18 @@ async def test_a_location_with_line_breaks_stays_on_one_log_line(tmp_path: Path,
     assert not split, split
 
 
+async def _charging_on_connector_1(env: ChargerEnv, app: ChargePointApp) -> int:
+    """Registered, an EV charging on connector 1 after a RemoteStartTransaction: its transactionId."""
+    await _registered(env, app)
+    await env.asim("sim.plug", connector=1)
+    assert (await env.csms.call(CP_ID, "RemoteStartTransaction",
+                                {"idTag": "TAG1", "connectorId": 1}))["status"] == "Accepted"
+    start = await env.csms.wait_for("StartTransaction", timeout_s=20)
+    tx_id = start.response["transactionId"] if start.response else None
+    assert isinstance(tx_id, int)
+    return tx_id
+
+
 async def test_installation_waits_for_the_transaction_to_end_and_idle_connectors_are_unavailable(
         tmp_path: Path) -> None:
     """Errata 3.49 / Security WP L01.FR.06-07: no installation during a charging session;
@@ -222,13 +234,7 @@ async def test_installation_waits_for_the_transaction_to_end_and_idle_connectors
         async with charger_env(tmp_path, AuthorizeRemoteTxRequests=False) as env:
             env.doc["connector"] = [{"max_current_a": 32, "phases": 3}, {"max_current_a": 32, "phases": 3}]
             async with env.app() as app:
-                await _registered(env, app)
-                await env.asim("sim.plug", connector=1)
-                assert (await env.csms.call(CP_ID, "RemoteStartTransaction",
-                                            {"idTag": "TAG1", "connectorId": 1}))["status"] == "Accepted"
-                start = await env.csms.wait_for("StartTransaction", timeout_s=20)
-                tx_id = start.response["transactionId"] if start.response else None
-                assert isinstance(tx_id, int)
+                tx_id = await _charging_on_connector_1(env, app)
                 await env.csms.call(CP_ID, "UpdateFirmware", {
                     "location": files.url("/fw/chargepoint-5.0.0.tar.gz"), "retrieveDate": _iso(-5)})
                 await env.csms.wait_for("FirmwareStatusNotification", lambda p: p["status"] == "Downloaded",
@@ -258,13 +264,7 @@ async def test_a_preparing_connector_is_made_unavailable_only_once_available_4_9
         async with charger_env(tmp_path, AuthorizeRemoteTxRequests=False) as env:
             env.doc["connector"] = [{"max_current_a": 32, "phases": 3}, {"max_current_a": 32, "phases": 3}]
             async with env.app() as app:
-                await _registered(env, app)
-                await env.asim("sim.plug", connector=1)
-                assert (await env.csms.call(CP_ID, "RemoteStartTransaction",
-                                            {"idTag": "TAG1", "connectorId": 1}))["status"] == "Accepted"
-                start = await env.csms.wait_for("StartTransaction", timeout_s=20)
-                tx_id = start.response["transactionId"] if start.response else None
-                assert isinstance(tx_id, int)
+                tx_id = await _charging_on_connector_1(env, app)
                 await env.asim("sim.plug", connector=2)
                 await env.csms.wait_for("StatusNotification",
                                         lambda p: p["connectorId"] == 2 and p["status"] == "Preparing", timeout_s=20)
