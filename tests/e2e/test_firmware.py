@@ -21,7 +21,7 @@ import pytest
 
 from chargepoint.app import ChargePointApp
 from tests.e2e.http_files import FileServer, firmware_tar_gz
-from tests.support.harness import CP_ID, PASSWORD, ChargerEnv, charger_env, eventually
+from tests.support.harness import CP_ID, PASSWORD, ChargerEnv, charger_env, eventually, split_log_lines
 
 pytestmark = pytest.mark.asyncio
 
@@ -208,8 +208,7 @@ async def test_a_location_with_line_breaks_stays_on_one_log_line(tmp_path: Path,
     lines = [r.getMessage() for r in caplog.records if r.name == "chargepoint.firmware"]
     assert any(repr(location) in line and "UpdateFirmware" in line for line in lines), lines
     assert any(repr(location) in line and "GetDiagnostics" in line for line in lines), lines
-    split = [r.getMessage() for r in caplog.records
-             if r.name.startswith("chargepoint") and any(c in r.getMessage() for c in "\r\n")]
+    split = split_log_lines(caplog.records)
     assert not split, split
 
 

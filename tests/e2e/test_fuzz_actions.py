@@ -52,7 +52,7 @@ from chargepoint.app import ChargePointApp
 from chargepoint.csms.server import CallErrorResponse
 from chargepoint.evse.status import ChargePointStatus, check_transition
 from chargepoint.ocppj import schemas
-from tests.support.harness import CP_ID, ChargerEnv, calls, charger_env, mark, running
+from tests.support.harness import CP_ID, ChargerEnv, calls, charger_env, mark, running, split_log_lines
 from tests.support.schema_fuzz import (
     CS_TO_CP_ACTIONS,
     EXCLUDED,
@@ -224,14 +224,6 @@ def _errors_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
             and not r.name.startswith("chargepoint.csms")]
 
 
-def _split_log_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
-    """Log records that carry a line break from the payload (a peer-controlled newline forges a
-    log line; docs/ARCHITECTURE.md: one line per event)."""
-    return [f"{r.filename}:{r.lineno}: {r.getMessage()!r}"[:300] for r in caplog.records
-            if r.name.startswith("chargepoint") and not r.name.startswith("chargepoint.csms")
-            and any(c in r.getMessage() for c in "\r\n")]
-
-
 def _illegal_transitions(env: ChargerEnv, connector_ids: tuple[int, ...]) -> list[str]:
     found = []
     for connector_id in connector_ids:
@@ -273,7 +265,7 @@ async def _still_sane(env: ChargerEnv, app: ChargePointApp, stopped: asyncio.Tas
 
 def _check_logs_and_wire(env: ChargerEnv, caplog: pytest.LogCaptureFixture, connector_ids: tuple[int, ...]) -> None:
     assert not _errors_logged(caplog), "\n".join(_errors_logged(caplog))
-    split = _split_log_lines(caplog)
+    split = split_log_lines(caplog.records)
     assert not split, "log lines split by payload line breaks:\n" + "\n".join(split)
     illegal = _illegal_transitions(env, connector_ids)
     assert not illegal, "\n".join(illegal)

@@ -19,7 +19,7 @@ from chargepoint.app import ChargePointApp
 from chargepoint.csms.server import Received
 from chargepoint.services import reservation as reservation_module
 from chargepoint.services.reservation import ReservationService
-from tests.support.harness import CP_ID, ChargerEnv, charger_env, eventually, mark, running
+from tests.support.harness import CP_ID, ChargerEnv, charger_env, eventually, mark, running, split_log_lines
 
 pytestmark = pytest.mark.asyncio
 
@@ -218,8 +218,7 @@ async def test_an_id_tag_with_line_breaks_stays_on_one_log_line(tmp_path: Path,
         assert await call(env, "ReserveNow", reserve(7, 1, tag)) == {"status": "Accepted"}
     lines = [r.getMessage() for r in caplog.records if r.name == "chargepoint.reservation"]
     assert any(repr(tag) in line and "Accepted" in line for line in lines), lines
-    split = [r.getMessage() for r in caplog.records
-             if r.name.startswith("chargepoint") and any(c in r.getMessage() for c in "\r\n")]
+    split = split_log_lines(caplog.records)
     assert not split, split
     env.csms.assert_no_violations()
 

@@ -21,7 +21,7 @@ import pytest
 
 from chargepoint.app import ChargePointApp
 from chargepoint.csms.server import Received
-from tests.support.harness import CP_ID, ChargerEnv, charger_env, eventually
+from tests.support.harness import CP_ID, ChargerEnv, charger_env, eventually, split_log_lines
 
 pytestmark = pytest.mark.asyncio
 
@@ -415,7 +415,6 @@ async def test_an_id_tag_with_line_breaks_stays_on_one_log_line(tmp_path: Path,
     lines = [r.getMessage() for r in caplog.records if r.name == "chargepoint.transactions"]
     assert any(repr(tag) in line and "waiting" in line for line in lines), lines
     assert any(repr(tag) in line and "started" in line for line in lines), lines
-    split = [r.getMessage() for r in caplog.records
-             if r.name.startswith("chargepoint") and any(c in r.getMessage() for c in "\r\n")]
+    split = split_log_lines(caplog.records)
     assert not split, split
     env.csms.assert_no_violations()
