@@ -734,7 +734,9 @@ class SecurityService:
         lines = []
         for entry in self.security_log(start_s, stop_s):
             when = "unknown-time" if entry["time_s"] is None else iso8601_s(entry["time_s"])
-            info = f" {entry['tech_info']}" if entry["tech_info"] else ""
+            # techInfo can hold a peer's text (a certificate subject): one line per event.
+            tech_info = entry["tech_info"].replace("\r", "\\r").replace("\n", "\\n")
+            info = f" {tech_info}" if tech_info else ""
             lines.append(f"{when} {entry['type']}{info}")
         return "\n".join(lines) + ("\n" if lines else "")
 

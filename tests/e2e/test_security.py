@@ -383,6 +383,20 @@ async def test_a_new_signed_update_cancels_the_one_in_progress(tmp_path: Path) -
 # ---------------------------------------------------------------------- GetLog (N01), ExtendedTriggerMessage
 
 
+async def test_the_security_log_file_has_one_line_per_event_whatever_the_tech_info(tmp_path: Path) -> None:
+    """N01: the uploaded security log; techInfo may carry a certificate subject with a CR/LF."""
+    async with charger_env(tmp_path) as env:
+        async with env.app() as app:
+            security = _security(app)
+            security.record("InvalidMessages", "first")
+            security.record("ReconfigurationOfSecurityParameters", "CN=evil\nINFO forged\r\nthird")
+            text = security.security_log_text()
+            events = [e["type"] for e in security.security_log()]
+    lines = text.splitlines()
+    assert len(lines) == len(events) >= 2
+    assert lines[-1].endswith("ReconfigurationOfSecurityParameters CN=evil\\nINFO forged\\r\\nthird")
+
+
 async def test_get_log_uploads_the_security_log_with_log_status_notifications(tmp_path: Path) -> None:
     """N01: GetLog(SecurityLog) -> filename, LogStatusNotification Uploading then Uploaded with
     the requestId (N01.FR.07-09); the file holds the security events, also the non-critical
