@@ -11,8 +11,8 @@ many times within a generous timeout.
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
+import functools
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ import pytest_asyncio
 from chargepoint.evse.controller import ConnectorController, Plugged
 from hal.interfaces import CpState
 from hal.sim import SimBoard
+from tests.support.harness import eventually
 
 IDLE_S = 30.0
 FAST_S = 0.01
@@ -71,12 +72,8 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
             await task
 
 
-async def _until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached within the timeout")
-        await asyncio.sleep(0.005)
+# The harness's poll, at a 5 ms cadence (these tests count steps and reads).
+_until = functools.partial(eventually, interval_s=0.005)
 
 
 async def _settled(rig: Rig) -> int:

@@ -9,8 +9,8 @@ must give many reads within a generous timeout.
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
+import functools
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from chargepoint.devtools.pki import ensure_pki
 from chargepoint.services.meters import MeterService
 from hal.interfaces import MeterReading
 from hal.sim.board import SimBoard
+from tests.support.harness import eventually
 
 
 class CountingMeter:
@@ -77,12 +78,8 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
         app.store.close()
 
 
-async def _until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached within the timeout")
-        await asyncio.sleep(0.005)
+# The harness's poll, at a 5 ms cadence (these tests count steps and reads).
+_until = functools.partial(eventually, interval_s=0.005)
 
 
 @pytest.mark.asyncio
